@@ -1,0 +1,3 @@
+//! What the agent tells the outside world: logs (and, later, metrics and health).
+
+pub mod logs;

@@ -1,0 +1,13 @@
+//! Trigger adapters: thin clients that turn an SQS queue or a Prometheus query into one number.
+//!
+//! A trigger read either gives a value or a [`TriggerError`]; the agent turns an error into
+//! `Sample::Failed`, never into zero.
+
+pub mod aws;
+mod error;
+mod poller;
+pub mod prometheus;
+pub mod sqs;
+
+pub use error::TriggerError;
+pub use poller::{PollerFactory, TriggerPoller};

@@ -1,0 +1,1 @@
+//! Prometheus trigger: being written.

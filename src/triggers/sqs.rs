@@ -1,0 +1,149 @@
+//! SQS trigger: one `GetQueueAttributes` call per poll, summing the visible, in-flight and
+//! (optionally) delayed message counts.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::Client;
+use tokio::sync::OnceCell;
+
+use super::aws::{AwsContext, AwsIdentity};
+use super::TriggerError;
+use crate::config::SqsTrigger;
+
+/// Reads one queue's depth.
+pub struct SqsPoller {
+    client: Client,
+    queue: String,
+    /// Resolved once from a queue name; a failed lookup is retried on the next poll.
+    queue_url: OnceCell<String>,
+    attributes: Vec<QueueAttributeName>,
+    timeout: Duration,
+}
+
+impl SqsPoller {
+    pub async fn new(spec: &SqsTrigger, aws: &AwsContext) -> Self {
+        let identity = AwsIdentity {
+            region: spec.region.clone(),
+            role_arn: spec.role_arn.clone(),
+            external_id: spec.external_id.clone(),
+        };
+        let sdk_config = aws.sdk_config(&identity).await;
+        let mut config = aws_sdk_sqs::config::Builder::from(&sdk_config);
+        if let Some(endpoint) = &spec.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        let mut attributes = vec![QueueAttributeName::ApproximateNumberOfMessages];
+        if spec.include_in_flight {
+            attributes.push(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+        }
+        if spec.include_delayed {
+            attributes.push(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        }
+        let queue_url = OnceCell::new();
+        if is_url(&spec.queue) {
+            // A URL needs no lookup; setting an empty cell cannot fail.
+            let _ = queue_url.set(spec.queue.clone());
+        }
+        SqsPoller {
+            client: Client::from_conf(config.build()),
+            queue: spec.queue.clone(),
+            queue_url,
+            attributes,
+            timeout: spec.timeout.get(),
+        }
+    }
+
+    /// The queue's depth: visible + in flight (+ delayed), as configured.
+    pub async fn read(&self) -> Result<f64, TriggerError> {
+        let url = self
+            .queue_url
+            .get_or_try_init(|| self.resolve_url())
+            .await?
+            .clone();
+        let call = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .set_attribute_names(Some(self.attributes.clone()))
+            .send();
+        let output = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| TriggerError::Timeout(self.timeout))?
+            .map_err(|e| classify(e, &self.queue, self.timeout))?;
+        let values = output.attributes().ok_or_else(|| {
+            TriggerError::BadResponse(format!("queue {}: no attributes in the answer", self.queue))
+        })?;
+        let mut depth = 0.0;
+        for name in &self.attributes {
+            let raw = values.get(name).ok_or_else(|| {
+                TriggerError::BadResponse(format!("queue {}: attribute {name} missing", self.queue))
+            })?;
+            let count: u64 = raw.parse().map_err(|_| {
+                TriggerError::BadResponse(format!(
+                    "queue {}: attribute {name} is {raw:?}, not a count",
+                    self.queue
+                ))
+            })?;
+            depth += count as f64;
+        }
+        Ok(depth)
+    }
+
+    async fn resolve_url(&self) -> Result<String, TriggerError> {
+        let call = self.client.get_queue_url().queue_name(&self.queue).send();
+        let output = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| TriggerError::Timeout(self.timeout))?
+            .map_err(|e| classify(e, &self.queue, self.timeout))?;
+        output.queue_url().map(str::to_string).ok_or_else(|| {
+            TriggerError::BadResponse(format!("queue {}: GetQueueUrl gave no URL", self.queue))
+        })
+    }
+}
+
+fn is_url(queue: &str) -> bool {
+    queue.starts_with("https://") || queue.starts_with("http://")
+}
+
+/// Sorts an SDK error into a [`TriggerError`] kind. The SDK's messages name the operation and
+/// the cause; they never carry credentials.
+fn classify<E, R>(error: SdkError<E, R>, queue: &str, timeout: Duration) -> TriggerError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = || format!("queue {queue}: {}", DisplayErrorContext(&error));
+    match &error {
+        SdkError::TimeoutError(_) => TriggerError::Timeout(timeout),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            TriggerError::Timeout(timeout)
+        }
+        SdkError::DispatchFailure(failure) if failure.is_user() || failure.is_other() => {
+            TriggerError::Credentials(detail())
+        }
+        SdkError::DispatchFailure(_) => TriggerError::Network(detail()),
+        SdkError::ConstructionFailure(_) => TriggerError::Config(detail()),
+        SdkError::ResponseError(_) => TriggerError::BadResponse(detail()),
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            match code {
+                "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
+                    TriggerError::NotFound(detail())
+                }
+                "AccessDenied"
+                | "AccessDeniedException"
+                | "InvalidClientTokenId"
+                | "SignatureDoesNotMatch"
+                | "UnrecognizedClientException" => TriggerError::AccessDenied(detail()),
+                "ThrottlingException"
+                | "RequestThrottled"
+                | "Throttling"
+                | "RequestThrottledException" => TriggerError::Throttled(detail()),
+                _ => TriggerError::Other(detail()),
+            }
+        }
+        _ => TriggerError::Other(detail()),
+    }
+}

@@ -1,0 +1,4 @@
+mod fake_kube_selftest;
+mod sqs_scaling;
+#[path = "../support/mod.rs"]
+mod support;

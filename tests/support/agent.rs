@@ -1,0 +1,127 @@
+//! The real `qscale` binary, run as a user would run it, against the fake API server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::fake_kube::FakeKube;
+
+pub const NAMESPACE: &str = "work";
+
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub log_path: PathBuf,
+}
+
+/// Environment for the agent: static test credentials and no instance metadata, so nothing
+/// ever leaves 127.0.0.1.
+fn aws_env(cmd: &mut Command) {
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", super::moto::REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ROLE_ARN")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+}
+
+impl Agent {
+    /// Writes `rules` (TOML) and a kubeconfig for `kube`, and starts `qscale run`.
+    pub fn start(rules: &str, kube: &FakeKube, extra_args: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules_path = dir.path().join("rules.toml");
+        std::fs::write(&rules_path, rules).expect("write rules");
+        let kubeconfig = kube.write_kubeconfig(dir.path(), NAMESPACE);
+        Self::start_with(dir, &rules_path, &kubeconfig, extra_args)
+    }
+
+    pub fn start_with(dir: TempDir, rules: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
+        let log_path = dir.path().join("agent.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(rules)
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "qscale=debug,info")
+            .env_remove("QSCALE_CONFIG")
+            .env_remove("QSCALE_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        aws_env(&mut cmd);
+        let child = cmd.spawn().expect("spawn qscale");
+        Agent {
+            child: Some(child),
+            dir,
+            log_path,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `qscale` with arguments to completion: (exit code, stdout, stderr).
+pub fn qscale(args: &[&str], kubeconfig: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
+    cmd.args(args).env_remove("QSCALE_CONFIG");
+    if let Some(path) = kubeconfig {
+        cmd.env("KUBECONFIG", path);
+    }
+    aws_env(&mut cmd);
+    let out = cmd.output().expect("run qscale");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
