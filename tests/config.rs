@@ -1,5 +1,4 @@
 //! The rules file and `qscale check`: every kind of error, on files in tests/fixtures/.
-#![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -203,41 +202,6 @@ fn defaults_apply_and_rules_override_them_field_by_field() {
         (b.max_replicas, b.cooldown.to_string()),
         (3, "9m".to_string())
     );
-}
-
-#[test]
-fn environment_overrides_defaults_and_single_rules() {
-    figment::Jail::expect_with(|jail| {
-        jail.set_env("QSCALE_DEFAULTS__COOLDOWN", "42s");
-        jail.set_env("QSCALE_RULE_ORDERS_WORKER__MAX_REPLICAS", "33");
-        jail.set_env(
-            "QSCALE_RULE_ORDERS_WORKER__SCALE_DOWN__STABILIZATION_WINDOW",
-            "3m",
-        );
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let file = config::load_file(&root.join("config/rules.example.toml")).expect("valid");
-        let orders = &file.rules[0];
-        assert_eq!(orders.max_replicas, 33);
-        assert_eq!(orders.cooldown.to_string(), "42s");
-        assert_eq!(orders.scale_down.stabilization_window.to_string(), "3m");
-        // Only the named rule changes; every rule without its own cooldown gets the default.
-        assert_eq!(file.rules[1].max_replicas, 8);
-        assert_eq!(file.rules[2].cooldown.to_string(), "42s");
-        Ok(())
-    });
-}
-
-#[test]
-fn bad_environment_override_names_the_rule() {
-    figment::Jail::expect_with(|jail| {
-        jail.set_env("QSCALE_RULE_ORDERS_WORKER__MAX_REPLICAS", "lots");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let error = config::load_file(&root.join("config/rules.example.toml")).unwrap_err();
-        let text = error.to_string();
-        assert!(text.contains("rule \"orders-worker\""), "{text}");
-        assert!(text.contains("max_replicas"), "{text}");
-        Ok(())
-    });
 }
 
 fn qscale(args: &[&str]) -> (i32, String, String) {
