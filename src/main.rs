@@ -1,11 +1,13 @@
 //! The `qscale` command line: parsing and dispatch only.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use qscale::agent::{self, AgentOptions};
+use qscale::agent::{self, AgentOptions, ConfigSource, LeaderOptions};
 use qscale::config;
 use qscale::telemetry::logs::{self, LogFormat};
 
@@ -20,6 +22,59 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: poll the triggers of every rule and write /scale when the count changes.
+    Run(Box<RunArgs>),
+    /// Validate rules files: exit 0 with a summary per file, or 1 with every problem found.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Replay a load trace through a rule and compare with a KEDA + HPA model.
+    Simulate(qscale::sim::SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Rules file (TOML or YAML), reloaded when it changes.
+    #[arg(long, short, env = "QSCALE_CONFIG", conflicts_with = "config_map")]
+    config: Option<PathBuf>,
+    /// Read the rules from this ConfigMap (NAME or NAME/KEY) through the API, watched: edits
+    /// apply in seconds. The recommended in-cluster mode.
+    #[arg(long, env = "QSCALE_CONFIG_MAP", value_name = "NAME[/KEY]")]
+    config_map: Option<String>,
+    /// Namespace of the targets (default: the pod's namespace, else the kubeconfig's).
+    #[arg(long, short, env = "QSCALE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Decide, log and export metrics, but never write (no /scale, no Events, no state).
+    #[arg(long, env = "QSCALE_DRY_RUN")]
+    dry_run: bool,
+    /// Address of the admin server: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9090", env = "QSCALE_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// ConfigMap that keeps per-rule memory across restarts (created if missing).
+    #[arg(long, default_value = "qscale-state", env = "QSCALE_STATE_CONFIG_MAP")]
+    state_config_map: String,
+    /// Elect a leader among replicas with a Lease; only the leader writes.
+    #[arg(long, env = "QSCALE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "qscale", env = "QSCALE_LEASE_NAME")]
+    lease_name: String,
+    /// How long a lease is valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "QSCALE_LEASE_DURATION")]
+    lease_duration: Duration,
+    /// The leader renews at the latest this long after its last renewal.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "QSCALE_RENEW_DEADLINE")]
+    renew_deadline: Duration,
+    /// Lease holder identity (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
 #[derive(clap::Args)]
 struct LogArgs {
     /// Log format: text for a terminal, json for log collectors.
@@ -30,35 +85,24 @@ struct LogArgs {
     log_level: String,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent: poll the triggers of every rule and write /scale when the count changes.
-    Run {
-        /// Rules file (TOML or YAML).
-        #[arg(long, short, env = "QSCALE_CONFIG")]
-        config: PathBuf,
-        /// Namespace of the targets (default: the pod's namespace, else the kubeconfig's).
-        #[arg(long, short, env = "QSCALE_NAMESPACE")]
-        namespace: Option<String>,
-        /// Decide, log and export metrics, but never write.
-        #[arg(long, env = "QSCALE_DRY_RUN")]
-        dry_run: bool,
-        #[command(flatten)]
-        log: LogArgs,
-    },
-    /// Validate rules files: exit 0 with a summary per file, or 1 with every problem found.
-    Check {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Replay a load trace through a rule and compare with a KEDA + HPA model.
-    Simulate(qscale::sim::SimulateArgs),
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<config::Dur>().map(|d| d.get())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Run(args) => {
+            logs::init(args.log.log_format, &args.log.log_level);
+            match agent_options(*args) {
+                Ok(options) => run(options),
+                Err(message) => {
+                    eprintln!("qscale run: {message}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Simulate(args) => match qscale::sim::run_cli(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -66,20 +110,40 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run {
-            config,
-            namespace,
-            dry_run,
-            log,
-        } => {
-            logs::init(log.log_format, &log.log_level);
-            run(AgentOptions {
-                config,
-                namespace,
-                dry_run,
-            })
-        }
     }
+}
+
+fn agent_options(args: RunArgs) -> Result<AgentOptions, String> {
+    let source = match (args.config, args.config_map) {
+        (Some(path), None) => ConfigSource::File(path),
+        (None, Some(spec)) => ConfigSource::config_map(&spec),
+        _ => return Err("give one of --config FILE or --config-map NAME[/KEY]".into()),
+    };
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "qscale".to_string());
+    let leader = if args.leader_elect {
+        let options = LeaderOptions {
+            lease_name: args.lease_name,
+            identity: identity.clone(),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+        };
+        options.validate()?;
+        Some(options)
+    } else {
+        None
+    };
+    Ok(AgentOptions {
+        source,
+        namespace: args.namespace,
+        dry_run: args.dry_run,
+        metrics_addr: args.metrics_addr,
+        state_config_map: args.state_config_map,
+        leader,
+        identity,
+    })
 }
 
 fn run(options: AgentOptions) -> ExitCode {

@@ -2,7 +2,7 @@
 //! write `/scale` only when the number changes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rand::Rng;
@@ -10,29 +10,60 @@ use tracing::{debug, info, warn};
 
 use super::clock::Clock;
 use super::shutdown::Shutdown;
+use super::state::StateStore;
 use crate::config::Rule;
-use crate::policy::{self, Decision, Memory, Sample, TargetState};
-use crate::target::Targets;
+use crate::policy::{self, Decision, Memory, Sample};
+use crate::target::{Observation, Targets};
+use crate::telemetry::events::{Notice, Severity};
+use crate::telemetry::metrics::{
+    DirectionLabels, RuleKindLabels, RuleLabels, TriggerErrorLabels, TriggerLabels,
+};
+use crate::telemetry::{EventSink, Metrics, Readiness};
 use crate::triggers::TriggerPoller;
+
+/// After a write, the watch cache may still show the old count for a moment; within this window
+/// the written count is taken as current, so the same decision is never written twice.
+const WRITE_SETTLE: Duration = Duration::from_secs(10);
 
 /// What every rule task shares.
 pub struct Shared {
     pub targets: Targets,
     pub clock: Arc<dyn Clock>,
     pub dry_run: bool,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    /// `None` in dry-run mode: nothing is written, not even Events.
+    pub events: Option<EventSink>,
+    /// `None` in dry-run mode.
+    pub state: Option<StateStore>,
 }
 
-/// A rule with its pollers, ready to run.
+/// A rule with its pollers and memory, ready to run.
 pub struct RuleTask {
     pub rule: Rule,
     pub pollers: Vec<TriggerPoller>,
     pub memory: Memory,
+    /// The last count written and when, until the cache shows it.
+    pending_write: Option<(u32, Instant)>,
+    /// The HPA last reported as competing, so the warning is not repeated every tick.
+    reported_hpa: Option<String>,
 }
 
 impl RuleTask {
-    /// Polls until shutdown. The first poll comes after a random offset below one interval
-    /// (at most a second), so a thousand rules do not fire in the same instant.
-    pub async fn run(mut self, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    pub fn new(rule: Rule, pollers: Vec<TriggerPoller>, memory: Memory) -> Self {
+        RuleTask {
+            rule,
+            pollers,
+            memory,
+            pending_write: None,
+            reported_hpa: None,
+        }
+    }
+
+    /// Polls until shutdown, then hands back the rule's memory. The first poll comes after a
+    /// random offset below one interval (at most a second), so a thousand rules do not fire in
+    /// the same instant.
+    pub async fn run(mut self, shared: Arc<Shared>, mut shutdown: Shutdown) -> Memory {
         let interval = self.rule.poll_interval.get();
         let spread = interval.min(Duration::from_secs(1));
         let offset = rand::rng().random_range(Duration::ZERO..=spread);
@@ -49,73 +80,229 @@ impl RuleTask {
             }
         }
         debug!(rule = %self.rule.name, "rule task stopped");
+        self.memory
     }
 
-    /// One poll. Never fails: every error is logged and the next tick tries again.
+    /// One poll. Never fails: every error is logged and counted, and the next tick tries again.
     pub async fn tick(&mut self, shared: &Shared) {
-        let rule = &self.rule;
-        let samples = read_samples(rule, &self.pollers).await;
-        let state = match shared.targets.observe(&rule.target).await {
-            Ok(state) => state,
+        let samples = read_samples(&self.rule, &self.pollers, &shared.metrics).await;
+        let observation = match shared.targets.observe(&self.rule.target).await {
+            Ok(observation) => observation,
             Err(error) => {
-                warn!(rule = %rule.name, target = %rule.target.display(), %error, "cannot read target");
+                shared
+                    .metrics
+                    .target_errors
+                    .get_or_create(&RuleKindLabels {
+                        rule: self.rule.name.clone(),
+                        kind: error.kind().to_string(),
+                    })
+                    .inc();
+                warn!(rule = %self.rule.name, target = %self.rule.target.display(), %error, "cannot read target");
                 return;
             }
         };
+        shared
+            .readiness
+            .api_reached
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut state = observation.state;
+        if let Some((written, at)) = self.pending_write {
+            if state.current_replicas != written && at.elapsed() < WRITE_SETTLE {
+                state.current_replicas = written;
+            } else {
+                self.pending_write = None;
+            }
+        }
+
         let now = shared.clock.now();
-        let decision = policy::decide(rule, &samples, &state, &self.memory, now);
-        if self.apply(shared, &state, &decision).await {
-            self.memory = decision.memory;
+        let decision = policy::decide(&self.rule, &samples, &state, &self.memory, now);
+        self.export(shared, state.current_replicas, &decision, &observation);
+        if let Some(hpa) = &observation.competing_hpa {
+            self.report_hpa(shared, hpa);
+            return;
+        }
+        self.reported_hpa = None;
+        if self.apply(shared, state.current_replicas, &decision).await {
+            self.remember(shared, decision.memory);
         }
     }
 
+    fn export(
+        &self,
+        shared: &Shared,
+        current: u32,
+        decision: &Decision,
+        observation: &Observation,
+    ) {
+        let labels = RuleLabels {
+            rule: self.rule.name.clone(),
+        };
+        let metrics = &shared.metrics;
+        metrics
+            .desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(decision.desired_replicas));
+        metrics
+            .current_replicas
+            .get_or_create(&labels)
+            .set(i64::from(current));
+        metrics.set_rule_state(
+            &self.rule.name,
+            &decision.status,
+            observation.competing_hpa.is_some(),
+        );
+    }
+
+    fn report_hpa(&mut self, shared: &Shared, hpa: &str) {
+        if self.reported_hpa.as_deref() == Some(hpa) {
+            return;
+        }
+        warn!(rule = %self.rule.name, target = %self.rule.target.display(), hpa, "an HPA scales this target; qscale will not write it");
+        self.notify(
+            shared,
+            Severity::Warning,
+            "HpaBlocked",
+            format!(
+                "rule {}: HorizontalPodAutoscaler {hpa} also scales {}; qscale leaves it alone",
+                self.rule.name,
+                self.rule.target.display()
+            ),
+        );
+        self.reported_hpa = Some(hpa.to_string());
+    }
+
     /// Writes the decision if it changes the count; returns whether the new memory stands.
-    async fn apply(&self, shared: &Shared, state: &TargetState, decision: &Decision) -> bool {
+    async fn apply(&mut self, shared: &Shared, from: u32, decision: &Decision) -> bool {
         let rule = &self.rule;
-        let from = state.current_replicas;
         let to = decision.desired_replicas;
         if from == to {
             debug!(rule = %rule.name, replicas = to, reason = %decision.reason, demand = ?decision.demand, "no change");
             return true;
         }
         if shared.dry_run {
-            info!(rule = %rule.name, from, to, reason = %decision.reason, "would rescale (dry run)");
+            info!(rule = %rule.name, target = %rule.target.display(), from, to, reason = %decision.reason, "would rescale (dry run)");
             return true;
         }
         match shared.targets.write_replicas(&rule.target, to).await {
             Ok(()) => {
                 info!(rule = %rule.name, target = %rule.target.display(), from, to, reason = %decision.reason, "rescaled");
+                self.pending_write = Some((to, Instant::now()));
+                let direction = if to > from { "up" } else { "down" };
+                shared
+                    .metrics
+                    .scale_events
+                    .get_or_create(&DirectionLabels {
+                        rule: rule.name.clone(),
+                        direction: direction.to_string(),
+                    })
+                    .inc();
+                let message = format!(
+                    "rule {}: {} {from} -> {to} replicas ({})",
+                    rule.name,
+                    rule.target.display(),
+                    decision.reason
+                );
+                self.notify(shared, Severity::Normal, "Rescaled", message);
                 true
             }
             Err(error) => {
+                shared
+                    .metrics
+                    .target_errors
+                    .get_or_create(&RuleKindLabels {
+                        rule: rule.name.clone(),
+                        kind: error.kind().to_string(),
+                    })
+                    .inc();
                 warn!(rule = %rule.name, target = %rule.target.display(), from, to, %error, "cannot write scale");
                 false
             }
         }
     }
+
+    /// Keeps the new memory, reports fallback transitions and persists what must survive a
+    /// restart.
+    fn remember(&mut self, shared: &Shared, memory: Memory) {
+        if memory.in_fallback != self.memory.in_fallback {
+            let (reason, text) = if memory.in_fallback {
+                (
+                    "FallbackEntered",
+                    "triggers keep failing; fallback replicas apply",
+                )
+            } else {
+                ("FallbackLeft", "triggers answer again; fallback ended")
+            };
+            warn!(rule = %self.rule.name, "{text}");
+            self.notify(
+                shared,
+                Severity::Warning,
+                reason,
+                format!("rule {}: {text}", self.rule.name),
+            );
+        }
+        if let Some(state) = &shared.state {
+            if memory.durable_part() != self.memory.durable_part() {
+                state.save(&self.rule.name, &memory);
+            }
+        }
+        self.memory = memory;
+    }
+
+    fn notify(&self, shared: &Shared, severity: Severity, reason: &'static str, message: String) {
+        if let Some(events) = &shared.events {
+            events.publish(Notice {
+                rule: self.rule.name.clone(),
+                target: self.rule.target.clone(),
+                severity,
+                reason,
+                message,
+            });
+        }
+    }
 }
 
 /// Reads every trigger concurrently. A failure becomes `Sample::Failed`, never zero.
-async fn read_samples(rule: &Rule, pollers: &[TriggerPoller]) -> Vec<Sample> {
-    let reads = pollers.iter().map(|poller| poller.read());
+async fn read_samples(rule: &Rule, pollers: &[TriggerPoller], metrics: &Metrics) -> Vec<Sample> {
+    let reads = pollers.iter().map(|poller| async move {
+        let started = Instant::now();
+        let result = poller.read().await;
+        (result, started.elapsed())
+    });
     let results = join_all(reads).await;
     results
         .into_iter()
         .enumerate()
-        .map(|(index, result)| match result {
-            Ok(value) => {
-                debug!(rule = %rule.name, trigger = %label(rule, index), value, "trigger read");
-                Sample::Value(value)
-            }
-            Err(error) => {
-                warn!(rule = %rule.name, trigger = %label(rule, index), kind = error.kind(), %error, "trigger failed");
-                Sample::Failed
+        .map(|(index, (result, took))| {
+            let trigger = label(rule, index);
+            let labels = TriggerLabels {
+                rule: rule.name.clone(),
+                trigger: trigger.clone(),
+            };
+            metrics.poll_duration.get_or_create(&labels).observe(took.as_secs_f64());
+            match result {
+                Ok(value) => {
+                    metrics.trigger_value.get_or_create(&labels).set(value);
+                    debug!(rule = %rule.name, %trigger, value, "trigger read");
+                    Sample::Value(value)
+                }
+                Err(error) => {
+                    metrics
+                        .trigger_errors
+                        .get_or_create(&TriggerErrorLabels {
+                            rule: rule.name.clone(),
+                            trigger: trigger.clone(),
+                            kind: error.kind().to_string(),
+                        })
+                        .inc();
+                    warn!(rule = %rule.name, %trigger, kind = error.kind(), %error, "trigger failed");
+                    Sample::Failed
+                }
             }
         })
         .collect()
 }
 
-fn label(rule: &Rule, index: usize) -> String {
+pub fn label(rule: &Rule, index: usize) -> String {
     rule.triggers
         .get(index)
         .map_or_else(|| index.to_string(), |t| t.label(index))

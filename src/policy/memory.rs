@@ -115,3 +115,24 @@ fn expire(window: &mut Vec<Recommendation>, now: Timestamp, length: Duration) {
         .unwrap_or(window.len().saturating_sub(1));
     window.drain(..keep_from);
 }
+
+/// The part of a memory worth persisting as soon as it changes: it changes only on scale
+/// events, fallback transitions and first sight, so at steady state nothing is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurablePart {
+    pub first_seen_at: Option<Timestamp>,
+    pub last_scale_up_at: Option<Timestamp>,
+    pub last_scale_down_at: Option<Timestamp>,
+    pub in_fallback: bool,
+}
+
+impl Memory {
+    pub fn durable_part(&self) -> DurablePart {
+        DurablePart {
+            first_seen_at: self.first_seen_at,
+            last_scale_up_at: self.last_scale_up_at,
+            last_scale_down_at: self.last_scale_down_at,
+            in_fallback: self.in_fallback,
+        }
+    }
+}

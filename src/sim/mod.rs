@@ -1,22 +1,28 @@
-//! `qscale simulate`: replay a load trace through a rule (placeholder until the simulator lands).
+//! `qscale simulate`: replay a load trace through a rule, offline, beside a model of KEDA + HPA.
+//!
+//! The simulator drives the very `policy::decide` the agent runs ([`driver::policy_tick`]), so
+//! what it shows is what the agent would do, given the queue and worker model in [`queue`].
+//! Everything but [`cli`] (and its [`args`]) is pure: the same trace and settings give the same numbers.
+//!
+//! * [`trace`]: the CSV formats and per-step load;
+//! * [`queue`]: visible and in-flight messages, replicas starting and stopping, message ages;
+//! * [`driver`]: the step loop and qscale's tick;
+//! * [`reference`]: KEDA's activation and the HPA's algorithm, from their documentation;
+//! * [`compare`]: one trace through both; [`sweep`]: the same for several values of a setting;
+//! * [`report`], [`svg`]: the summary table, the CSV and the chart;
+//! * [`generate`]: the synthetic traces in `config/traces/`.
 
-use std::path::PathBuf;
+pub mod args;
+pub mod cli;
+pub mod compare;
+pub mod driver;
+pub mod generate;
+pub mod queue;
+pub mod reference;
+pub mod report;
+pub mod svg;
+pub mod sweep;
+pub mod trace;
 
-/// Arguments of `qscale simulate`.
-#[derive(Debug, clap::Args)]
-pub struct SimulateArgs {
-    /// Rules file holding the rule to simulate.
-    #[arg(long)]
-    pub rules: PathBuf,
-    /// Name of the rule (default: the only rule in the file).
-    #[arg(long)]
-    pub rule: Option<String>,
-    /// Trace CSV.
-    #[arg(long)]
-    pub trace: PathBuf,
-}
-
-/// Runs `qscale simulate`.
-pub fn run_cli(_args: SimulateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("qscale simulate is not built yet")
-}
+pub use args::{OutputArgs, ReferenceArgs, SimulateArgs, WorkerArgs};
+pub use cli::run_cli;

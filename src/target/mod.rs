@@ -4,7 +4,9 @@
 //! Writes are a merge patch of `spec.replicas` on `/scale` only; the workload object itself is
 //! never updated, so qscale cannot clobber anyone else's change to it.
 
+mod cache;
 mod error;
+mod hpa;
 mod resolve;
 
 use std::time::Duration;
@@ -13,7 +15,9 @@ use backon::{ExponentialBuilder, Retryable};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::Client;
 
+pub use cache::WatchCache;
 pub use error::TargetError;
+pub use hpa::competing_hpa;
 pub use resolve::Resolver;
 
 use crate::config::TargetRef;
@@ -27,23 +31,59 @@ pub const PAUSED_REPLICAS_ANNOTATION: &str = "qscale.io/paused-replicas";
 /// Every API call has a deadline; a hung connection must not stall a rule forever.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the agent sees of a target before deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub state: TargetState,
+    /// An HPA that scales the same object: qscale must not write.
+    pub competing_hpa: Option<String>,
+}
+
 /// Reads and writes targets in one namespace.
 #[derive(Clone)]
 pub struct Targets {
     client: Client,
     namespace: String,
     resolver: Resolver,
+    cache: WatchCache,
     field_manager: String,
 }
 
 impl Targets {
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
         Targets {
             resolver: Resolver::new(client.clone()),
+            cache: WatchCache::new(client.clone(), &namespace),
             client,
-            namespace: namespace.into(),
+            namespace,
             field_manager: "qscale".to_string(),
         }
+    }
+
+    pub fn cache(&self) -> &WatchCache {
+        &self.cache
+    }
+
+    /// The target as the watch cache sees it, and whether an HPA competes for it. Only a kind
+    /// without a conventional `spec.replicas` costs a `/scale` GET.
+    pub async fn observe(&self, target: &TargetRef) -> Result<Observation, TargetError> {
+        let resource = self.resolver.resolve(target).await?;
+        let object = self
+            .cache
+            .get(&resource, &target.name)
+            .await?
+            .ok_or_else(|| TargetError::NotFound(target.display()))?;
+        let replicas = match object.data["spec"]["replicas"].as_u64() {
+            Some(replicas) => u32::try_from(replicas).unwrap_or(u32::MAX),
+            None => self.read_scale(target).await?.current_replicas,
+        };
+        let hpas = self.cache.store(&WatchCache::hpa_resource()).await?.state();
+        let annotations = object.metadata.annotations.clone().unwrap_or_default();
+        Ok(Observation {
+            state: state_from(replicas, &annotations),
+            competing_hpa: competing_hpa(target, hpas.iter().map(|h| h.as_ref())),
+        })
     }
 
     pub fn namespace(&self) -> &str {
@@ -59,16 +99,16 @@ impl Targets {
         ))
     }
 
-    /// The target's current replicas (from `/scale`) and its pause annotations. Transient
-    /// failures are retried a few times within the call.
-    pub async fn observe(&self, target: &TargetRef) -> Result<TargetState, TargetError> {
-        (|| self.observe_once(target))
+    /// The target's replicas and pause annotations read straight from the API (`/scale` and
+    /// the object's metadata), bypassing the cache. Transient failures are retried.
+    pub async fn read_scale(&self, target: &TargetRef) -> Result<TargetState, TargetError> {
+        (|| self.read_scale_once(target))
             .retry(retry_policy())
             .when(TargetError::is_transient)
             .await
     }
 
-    async fn observe_once(&self, target: &TargetRef) -> Result<TargetState, TargetError> {
+    async fn read_scale_once(&self, target: &TargetRef) -> Result<TargetState, TargetError> {
         let api = self.api(target).await?;
         let what = target.display();
         let meta = with_timeout(api.get_metadata(&target.name), &what).await?;
@@ -82,15 +122,10 @@ impl Targets {
         };
         let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
         let annotations = meta.metadata.annotations.unwrap_or_default();
-        Ok(TargetState {
-            current_replicas: u32::try_from(replicas).unwrap_or(0),
-            paused: annotations
-                .get(PAUSED_ANNOTATION)
-                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
-            paused_replicas: annotations
-                .get(PAUSED_REPLICAS_ANNOTATION)
-                .and_then(|v| v.trim().parse().ok()),
-        })
+        Ok(state_from(
+            u32::try_from(replicas).unwrap_or(0),
+            &annotations,
+        ))
     }
 
     /// Sets `spec.replicas` through `/scale` with a merge patch. Conflicts, throttling, timeouts
@@ -123,6 +158,21 @@ impl Targets {
                 tracing::debug!(target = %what, %error, ?delay, "retrying scale write");
             })
             .await
+    }
+}
+
+fn state_from(
+    replicas: u32,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> TargetState {
+    TargetState {
+        current_replicas: replicas,
+        paused: annotations
+            .get(PAUSED_ANNOTATION)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        paused_replicas: annotations
+            .get(PAUSED_REPLICAS_ANNOTATION)
+            .and_then(|v| v.trim().parse().ok()),
     }
 }
 

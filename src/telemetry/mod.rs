@@ -1,3 +1,10 @@
-//! What the agent tells the outside world: logs (and, later, metrics and health).
+//! What the agent tells the outside world: logs, metrics, health, and Kubernetes Events.
 
+pub mod events;
 pub mod logs;
+pub mod metrics;
+pub mod server;
+
+pub use events::EventSink;
+pub use metrics::Metrics;
+pub use server::Readiness;

@@ -1,4 +1,5 @@
 mod fake_kube_selftest;
+mod operations;
 mod sqs_scaling;
 #[path = "../support/mod.rs"]
 mod support;

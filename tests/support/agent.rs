@@ -14,6 +14,8 @@ pub struct Agent {
     child: Option<Child>,
     pub dir: TempDir,
     pub log_path: PathBuf,
+    /// Port of the admin server (/metrics, /healthz, /readyz) on 127.0.0.1.
+    pub admin_port: u16,
 }
 
 /// Environment for the agent: static test credentials and no instance metadata, so nothing
@@ -41,12 +43,26 @@ impl Agent {
     }
 
     pub fn start_with(dir: TempDir, rules: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
+        cmd.arg("run").arg("--config").arg(rules);
+        Self::spawn(cmd, dir, kubeconfig, extra)
+    }
+
+    /// Starts `qscale run` with the rules in a ConfigMap (`--config-map NAME/KEY`).
+    pub fn start_config_map(kube: &FakeKube, config_map: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = kube.write_kubeconfig(dir.path(), NAMESPACE);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
+        cmd.arg("run").arg("--config-map").arg(config_map);
+        Self::spawn(cmd, dir, &kubeconfig, extra)
+    }
+
+    fn spawn(mut cmd: Command, dir: TempDir, kubeconfig: &Path, extra: &[&str]) -> Agent {
         let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(rules)
+        let admin_port = super::moto::free_port();
+        cmd.arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "qscale=debug,info")
@@ -61,7 +77,13 @@ impl Agent {
             child: Some(child),
             dir,
             log_path,
+            admin_port,
         }
+    }
+
+    /// GET on the admin server: (status, body), or None if it does not answer.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin_port, path)
     }
 
     pub fn logs(&self) -> String {
@@ -124,4 +146,19 @@ pub fn qscale(args: &[&str], kubeconfig: Option<&Path>) -> (i32, String, String)
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1, enough for /metrics and the probes.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
 }

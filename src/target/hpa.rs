@@ -1,0 +1,64 @@
+//! The HPA guard: qscale never writes a target that a HorizontalPodAutoscaler also scales.
+
+use kube::api::DynamicObject;
+
+use crate::config::TargetRef;
+
+/// The name of an HPA (from `hpas`) whose `scaleTargetRef` is `target`, if any.
+pub fn competing_hpa<'a>(
+    target: &TargetRef,
+    hpas: impl IntoIterator<Item = &'a DynamicObject>,
+) -> Option<String> {
+    let target_group = group_of(target.api_version().unwrap_or_default());
+    hpas.into_iter()
+        .find(|hpa| {
+            let reference = &hpa.data["spec"]["scaleTargetRef"];
+            let kind = reference["kind"].as_str().unwrap_or_default();
+            let name = reference["name"].as_str().unwrap_or_default();
+            // An HPA's apiVersion may name another version of the same group.
+            let group = reference["apiVersion"].as_str().map(group_of);
+            kind == target.kind && name == target.name && group.is_none_or(|g| g == target_group)
+        })
+        .and_then(|hpa| hpa.metadata.name.clone())
+}
+
+fn group_of(api_version: &str) -> &str {
+    api_version.split_once('/').map_or("", |(group, _)| group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hpa(name: &str, api_version: &str, kind: &str, target: &str) -> DynamicObject {
+        let mut obj = DynamicObject::new(name, &crate::target::WatchCache::hpa_resource());
+        obj.data = serde_json::json!({
+            "spec": { "scaleTargetRef": { "apiVersion": api_version, "kind": kind, "name": target } }
+        });
+        obj
+    }
+
+    fn deployment(name: &str) -> TargetRef {
+        TargetRef {
+            kind: "Deployment".into(),
+            name: name.into(),
+            api_version: None,
+        }
+    }
+
+    #[test]
+    fn finds_an_hpa_on_the_same_object_only() {
+        let hpas = [
+            hpa("other", "apps/v1", "Deployment", "other"),
+            hpa("sts", "apps/v1", "StatefulSet", "orders"),
+            hpa("mine", "apps/v1beta2", "Deployment", "orders"),
+        ];
+        assert_eq!(
+            competing_hpa(&deployment("orders"), &hpas),
+            Some("mine".into())
+        );
+        assert_eq!(competing_hpa(&deployment("billing"), &hpas), None);
+        let foreign_group = [hpa("x", "example.com/v1", "Deployment", "orders")];
+        assert_eq!(competing_hpa(&deployment("orders"), &foreign_group), None);
+    }
+}
