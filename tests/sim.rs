@@ -527,7 +527,6 @@ fn simulations_md_is_what_the_tool_reports() {
         .expect("end marker");
     assert!(
         doc[start..end] == generated,
-        "SIMULATIONS.md is stale: run `bash config/traces/simulate-all.sh --update` \
-         (after `cargo build --release`, or with QSCALE=target/debug/qscale)"
+        "SIMULATIONS.md is stale: run `cargo build && bash config/traces/simulate-all.sh --update`"
     );
 }

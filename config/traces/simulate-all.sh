@@ -4,11 +4,14 @@
 #   bash config/traces/simulate-all.sh            # print the results section (Markdown)
 #   bash config/traces/simulate-all.sh --update   # rewrite it in SIMULATIONS.md, and the charts
 #
-# The qscale binary is $QSCALE, else target/release/qscale (`cargo build --release` first).
+# The qscale binary is $QSCALE, else target/release/qscale if built, else target/debug/qscale
+# (`cargo build` first; a debug build runs the whole script in about a second).
 # tests/sim.rs runs this script and fails when SIMULATIONS.md is stale.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-qscale=${QSCALE:-target/release/qscale}
+default=target/debug/qscale
+[ -x target/release/qscale ] && default=target/release/qscale
+qscale=${QSCALE:-$default}
 rules=config/traces/rules.sim.toml
 begin='<!-- BEGIN simulate-all.sh output -->'
 end='<!-- END simulate-all.sh output -->'

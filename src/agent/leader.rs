@@ -44,7 +44,8 @@ pub async fn elect(
         .with_identity(&options.identity)
         .with_duration(duration)
         .with_grace(grace)
-        .with_field_manager("qscale")
+        // The field manager stays the crate's default, unique per identity: server-side apply
+        // conflicts between managers are what keep two replicas from both taking the lease.
         .build()
         .await?;
     let (leading, _task) = manager.watch().await;

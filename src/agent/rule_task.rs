@@ -85,6 +85,7 @@ impl RuleTask {
 
     /// One poll. Never fails: every error is logged and counted, and the next tick tries again.
     pub async fn tick(&mut self, shared: &Shared) {
+        let started = Instant::now();
         let samples = read_samples(&self.rule, &self.pollers, &shared.metrics).await;
         let observation = match shared.targets.observe(&self.rule.target).await {
             Ok(observation) => observation,
@@ -122,7 +123,10 @@ impl RuleTask {
             return;
         }
         self.reported_hpa = None;
-        if self.apply(shared, state.current_replicas, &decision).await {
+        if self
+            .apply(shared, state.current_replicas, &decision, started)
+            .await
+        {
             self.remember(shared, decision.memory);
         }
     }
@@ -172,7 +176,13 @@ impl RuleTask {
     }
 
     /// Writes the decision if it changes the count; returns whether the new memory stands.
-    async fn apply(&mut self, shared: &Shared, from: u32, decision: &Decision) -> bool {
+    async fn apply(
+        &mut self,
+        shared: &Shared,
+        from: u32,
+        decision: &Decision,
+        tick_started: Instant,
+    ) -> bool {
         let rule = &self.rule;
         let to = decision.desired_replicas;
         if from == to {
@@ -185,6 +195,10 @@ impl RuleTask {
         }
         match shared.targets.write_replicas(&rule.target, to).await {
             Ok(()) => {
+                shared
+                    .metrics
+                    .reaction
+                    .observe(tick_started.elapsed().as_secs_f64());
                 info!(rule = %rule.name, target = %rule.target.display(), from, to, reason = %decision.reason, "rescaled");
                 self.pending_write = Some((to, Instant::now()));
                 let direction = if to > from { "up" } else { "down" };

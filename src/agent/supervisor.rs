@@ -96,7 +96,7 @@ impl Supervisor {
     async fn start(&mut self, rule: Rule, memory: Memory) {
         let mut pollers = Vec::with_capacity(rule.triggers.len());
         for trigger in &rule.triggers {
-            pollers.push(self.factory.build(trigger).await);
+            pollers.push(self.factory.build(trigger, rule.poll_interval.get()).await);
         }
         let (stop, shutdown) = Shutdown::new();
         let task = RuleTask::new(rule.clone(), pollers, memory);

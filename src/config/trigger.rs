@@ -54,7 +54,7 @@ pub struct SqsTrigger {
     pub timeout: Dur,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrometheusTrigger {
     pub server: String,
     pub query: String,
@@ -70,14 +70,14 @@ pub struct PrometheusTrigger {
 
 /// How a Prometheus query authenticates. Secrets are only ever named (a file or an env var),
 /// never written inline, so a rules file in a ConfigMap holds none.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PrometheusAuth {
     pub bearer_token_file: Option<PathBuf>,
     pub basic_auth: Option<BasicAuth>,
     pub aws_sigv4: Option<SigV4>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     pub username: String,
@@ -87,7 +87,7 @@ pub struct BasicAuth {
     pub password_env: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigV4 {
     pub region: String,
@@ -118,7 +118,7 @@ pub struct TlsSettings {
 
 /// What an empty result (or NaN/Inf) means. `error` by default, so a broken query never scales
 /// a workload to zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnEmpty {
     #[default]

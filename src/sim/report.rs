@@ -263,3 +263,82 @@ fn seconds(ms: u64) -> String {
         format!("{:.3}", ms as f64 / 1000.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::driver::Series;
+    use crate::sim::queue::AgeHistogram;
+
+    fn run(visible: Vec<u64>, replicas: Vec<u32>) -> Run {
+        let steps = visible.len();
+        let mut ages = AgeHistogram::default();
+        ages.add(2000, 3);
+        Run {
+            step_ms: 1000,
+            series: Series {
+                value: vec![0.0; steps],
+                in_flight: vec![1; steps],
+                oldest_age_ms: vec![0; steps],
+                ready: replicas.clone(),
+                visible,
+                replicas,
+            },
+            ages,
+            arrived: 3,
+            consumed: 3,
+            unfinished: 0,
+            scale_events: 2,
+        }
+    }
+
+    #[test]
+    fn drain_counts_from_the_burst_end_to_the_first_empty_queue() {
+        let r = run(vec![5, 9, 7, 0, 3, 0], vec![0, 2, 2, 2, 1, 0]);
+        let s = summarize(&r, true, Some(1500));
+        // Steps start at 0, 1, 2, ... s; the first step from 1.5 s on with nothing visible is
+        // the one at 3 s.
+        assert_eq!(s.drain, Drain::After(1500));
+        assert_eq!(s.replica_seconds, 7.0);
+        assert_eq!(s.peak_depth, Some(10));
+        assert_eq!(s.peak_replicas, 2);
+        assert_eq!(summarize(&r, true, Some(6000)).drain, Drain::NotDrained);
+        let values = summarize(&r, false, Some(1500));
+        assert_eq!(
+            (values.drain, values.age, values.peak_depth),
+            (Drain::NotApplicable, None, None)
+        );
+    }
+
+    #[test]
+    fn durations_and_ratios_read_well_in_a_table() {
+        assert_eq!(duration(42_400), "42s");
+        assert_eq!(duration(185_000), "3m05s");
+        assert_eq!(duration(3_725_000), "1h02m");
+        assert_eq!(relative(124.0, 100.0), "+24 %");
+        assert_eq!(relative(67.0, 100.0), "-33 %");
+        assert_eq!(relative(100.0, 100.0), "-");
+    }
+
+    #[test]
+    fn markdown_tables_have_a_baseline_column() {
+        let a = summarize(&run(vec![0], vec![2]), true, None);
+        let b = summarize(&run(vec![0], vec![1]), true, None);
+        let text = table(
+            "model",
+            &[("a".into(), &a), ("b".into(), &b)],
+            Some(("b", &b)),
+            TableFormat::Markdown,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("| model | replica·s | vs b |"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("| a | 2 | +100 % | 2 | 2s |"),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("| b | 1 | - |"), "{text}");
+    }
+}

@@ -57,11 +57,10 @@ pub struct RowProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{name}: cannot read the trace: {source}")]
-    Io {
-        name: String,
-        source: std::io::Error,
-    },
+    /// The cause is in the message rather than `source()`: callers print the chain, and
+    /// it would say the same thing twice.
+    #[error("{name}: cannot read the trace: {cause}")]
+    Io { name: String, cause: std::io::Error },
     #[error("{name}: {}", ProblemList(.problems))]
     Invalid {
         name: String,
@@ -115,9 +114,9 @@ impl Format {
 /// Reads a trace file.
 pub fn load(path: &Path) -> Result<Trace, TraceError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| TraceError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| TraceError::Io {
         name: name.clone(),
-        source,
+        cause,
     })?;
     parse(&name, &text)
 }

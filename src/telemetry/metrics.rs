@@ -75,6 +75,8 @@ pub struct Metrics {
     pub scale_events: Family<DirectionLabels, Counter>,
     pub rule_state: Family<StateLabels, Gauge<i64, AtomicI64>>,
     pub target_errors: Family<RuleKindLabels, Counter>,
+    /// From the start of a tick to the end of its `/scale` write.
+    pub reaction: Histogram,
     pub events_suppressed: Family<RuleLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_last_success: F64Gauge,
@@ -110,6 +112,9 @@ impl Metrics {
             scale_events: Family::default(),
             rule_state: Family::default(),
             target_errors: Family::default(),
+            reaction: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             events_suppressed: Family::default(),
             config_reloads: Family::default(),
             config_last_success: Gauge::default(),

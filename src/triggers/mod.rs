@@ -7,7 +7,9 @@ pub mod aws;
 mod error;
 mod poller;
 pub mod prometheus;
+mod shared;
 pub mod sqs;
 
 pub use error::TriggerError;
 pub use poller::{PollerFactory, TriggerPoller};
+pub use shared::SharedReading;

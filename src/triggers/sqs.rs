@@ -1,5 +1,5 @@
-//! SQS trigger: one `GetQueueAttributes` call per poll, summing the visible, in-flight and
-//! (optionally) delayed message counts.
+//! SQS trigger: one `GetQueueAttributes` call per poll. The call always asks for the visible,
+//! in-flight and delayed counts, so triggers that count differently can still share it.
 
 use std::time::Duration;
 
@@ -12,18 +12,69 @@ use super::aws::{AwsContext, AwsIdentity};
 use super::TriggerError;
 use crate::config::SqsTrigger;
 
-/// Reads one queue's depth.
+const ATTRIBUTES: [QueueAttributeName; 3] = [
+    QueueAttributeName::ApproximateNumberOfMessages,
+    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+];
+
+/// A queue's message counts at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl QueueCounts {
+    /// The depth a trigger reads: visible, plus in flight and delayed as configured.
+    pub fn depth(&self, include_in_flight: bool, include_delayed: bool) -> f64 {
+        let mut depth = self.visible;
+        if include_in_flight {
+            depth += self.in_flight;
+        }
+        if include_delayed {
+            depth += self.delayed;
+        }
+        depth as f64
+    }
+}
+
+/// What makes two SQS triggers read the same thing with the same credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SqsSource {
+    pub queue: String,
+    pub region: Option<String>,
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub timeout: Duration,
+}
+
+impl From<&SqsTrigger> for SqsSource {
+    fn from(spec: &SqsTrigger) -> Self {
+        SqsSource {
+            queue: spec.queue.clone(),
+            region: spec.region.clone(),
+            role_arn: spec.role_arn.clone(),
+            external_id: spec.external_id.clone(),
+            endpoint: spec.endpoint.clone(),
+            timeout: spec.timeout.get(),
+        }
+    }
+}
+
+/// Reads one queue's counts.
 pub struct SqsPoller {
     client: Client,
     queue: String,
     /// Resolved once from a queue name; a failed lookup is retried on the next poll.
     queue_url: OnceCell<String>,
-    attributes: Vec<QueueAttributeName>,
     timeout: Duration,
 }
 
 impl SqsPoller {
-    pub async fn new(spec: &SqsTrigger, aws: &AwsContext) -> Self {
+    pub async fn new(spec: &SqsSource, aws: &AwsContext) -> Self {
         let identity = AwsIdentity {
             region: spec.region.clone(),
             role_arn: spec.role_arn.clone(),
@@ -34,13 +85,6 @@ impl SqsPoller {
         if let Some(endpoint) = &spec.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        let mut attributes = vec![QueueAttributeName::ApproximateNumberOfMessages];
-        if spec.include_in_flight {
-            attributes.push(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
-        }
-        if spec.include_delayed {
-            attributes.push(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-        }
         let queue_url = OnceCell::new();
         if is_url(&spec.queue) {
             // A URL needs no lookup; setting an empty cell cannot fail.
@@ -50,13 +94,12 @@ impl SqsPoller {
             client: Client::from_conf(config.build()),
             queue: spec.queue.clone(),
             queue_url,
-            attributes,
-            timeout: spec.timeout.get(),
+            timeout: spec.timeout,
         }
     }
 
-    /// The queue's depth: visible + in flight (+ delayed), as configured.
-    pub async fn read(&self) -> Result<f64, TriggerError> {
+    /// The queue's visible, in-flight and delayed counts.
+    pub async fn read(&self) -> Result<QueueCounts, TriggerError> {
         let url = self
             .queue_url
             .get_or_try_init(|| self.resolve_url())
@@ -66,7 +109,7 @@ impl SqsPoller {
             .client
             .get_queue_attributes()
             .queue_url(&url)
-            .set_attribute_names(Some(self.attributes.clone()))
+            .set_attribute_names(Some(ATTRIBUTES.to_vec()))
             .send();
         let output = tokio::time::timeout(self.timeout, call)
             .await
@@ -75,20 +118,22 @@ impl SqsPoller {
         let values = output.attributes().ok_or_else(|| {
             TriggerError::BadResponse(format!("queue {}: no attributes in the answer", self.queue))
         })?;
-        let mut depth = 0.0;
-        for name in &self.attributes {
+        let count = |name: &QueueAttributeName| -> Result<u64, TriggerError> {
             let raw = values.get(name).ok_or_else(|| {
                 TriggerError::BadResponse(format!("queue {}: attribute {name} missing", self.queue))
             })?;
-            let count: u64 = raw.parse().map_err(|_| {
+            raw.parse().map_err(|_| {
                 TriggerError::BadResponse(format!(
                     "queue {}: attribute {name} is {raw:?}, not a count",
                     self.queue
                 ))
-            })?;
-            depth += count as f64;
-        }
-        Ok(depth)
+            })
+        };
+        Ok(QueueCounts {
+            visible: count(&ATTRIBUTES[0])?,
+            in_flight: count(&ATTRIBUTES[1])?,
+            delayed: count(&ATTRIBUTES[2])?,
+        })
     }
 
     async fn resolve_url(&self) -> Result<String, TriggerError> {

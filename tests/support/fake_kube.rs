@@ -660,6 +660,9 @@ struct Store {
     rv: u64,
     kinds: Vec<KindSpec>,
     objects: BTreeMap<ObjKey, Value>,
+    /// Server-side-apply field ownership, reduced to top-level `spec` fields: enough for the
+    /// conflict that makes lease-based leader election safe.
+    owners: BTreeMap<(ObjKey, String), String>,
     history: Vec<History>,
     opts: FakeKubeOptions,
     bus: broadcast::Sender<Bus>,
@@ -674,6 +677,7 @@ impl Store {
             rv: 0,
             kinds,
             objects: BTreeMap::new(),
+            owners: BTreeMap::new(),
             history,
             opts,
             bus,
@@ -1424,11 +1428,53 @@ impl Store {
             return Ok(json_response(201, &created));
         };
         let old = obj.clone();
+        self.claim_fields(rr, req, patch_type, &old, &patch)?;
         merge_patch(&mut obj, &patch);
         check_preconditions(&rr.kind, &old, &obj)?;
         let new = restrict_to_subresource(rr, &old, obj);
         let stored = self.write(rr.k, rr.ns(), rr.name(), new, req.dry_run());
         Ok(json_response(200, &stored))
+    }
+
+    /// Server-side apply without `force` may not change a `spec` field that another field
+    /// manager owns (409 Conflict); any patch takes ownership of the fields it sets.
+    fn claim_fields(
+        &mut self,
+        rr: &ResourceReq,
+        req: &Incoming,
+        patch_type: PatchType,
+        old: &Value,
+        patch: &Value,
+    ) -> Result<(), ApiError> {
+        let Some(fields) = patch.get("spec").and_then(Value::as_object) else {
+            return Ok(());
+        };
+        let key = self.key(rr.k, rr.ns(), rr.name());
+        let manager = req.param("fieldManager").unwrap_or("unknown").to_string();
+        let force = req.param("force") == Some("true");
+        if patch_type == PatchType::Apply && !force {
+            for (field, value) in fields {
+                let current = &old["spec"][field];
+                let owner = self.owners.get(&(key.clone(), field.clone()));
+                if !current.is_null() && current != value && owner.is_some_and(|o| *o != manager) {
+                    let mut error = ApiError::conflict(&rr.kind, rr.name());
+                    error.message = format!(
+                        "Apply failed with 1 conflict: conflict with \"{}\": .spec.{field}",
+                        owner.map(String::as_str).unwrap_or_default()
+                    );
+                    return Err(error);
+                }
+            }
+        }
+        for (field, value) in fields {
+            let slot = (key.clone(), field.clone());
+            if value.is_null() {
+                self.owners.remove(&slot);
+            } else {
+                self.owners.insert(slot, manager.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Changes `spec.replicas` through the `Scale` view (PUT or PATCH).

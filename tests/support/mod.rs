@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod fake_kube;
 pub mod moto;
+pub mod prometheus;
+pub mod sqs_proxy;
 
 use std::time::{Duration, Instant};
 
