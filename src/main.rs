@@ -31,6 +31,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of the rules file (for editors and CI).
+    Schema,
     /// Replay a load trace through a rule and compare with a KEDA + HPA model.
     Simulate(qscale::sim::SimulateArgs),
 }
@@ -93,6 +95,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Schema => {
+            print!("{}", config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => {
             logs::init(args.log.log_format, &args.log.log_level);
             match agent_options(*args) {

@@ -196,7 +196,7 @@ fn defaults_apply_and_rules_override_them_field_by_field() {
         (a.max_replicas, a.cooldown.to_string()),
         (7, "2m".to_string())
     );
-    assert_eq!(a.scale_down.stabilization_window.to_string(), "1m");
+    assert_eq!(a.scale_down_window().to_string(), "1m");
     assert_eq!(a.scale_down.policies.len(), 1);
     assert_eq!(
         (b.max_replicas, b.cooldown.to_string()),
@@ -255,5 +255,54 @@ fn version_and_help() {
     assert!(
         stdout.contains("check") && stdout.contains("run"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn checked_in_schema_is_current() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let checked_in =
+        std::fs::read_to_string(root.join("config/rules.schema.json")).expect("schema");
+    assert!(
+        checked_in == config::json_schema(),
+        "config/rules.schema.json is stale: run `cargo run -- schema > config/rules.schema.json`"
+    );
+    let (code, stdout, _) = qscale(&["schema"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout, checked_in);
+    let yaml = std::fs::read_to_string(root.join("config/rules.example.yaml")).expect("yaml");
+    assert!(yaml.starts_with("# yaml-language-server: $schema=./rules.schema.json"));
+}
+
+/// The schema accepts both examples and rejects a wrong type, checked by an independent
+/// validator (Python's `jsonschema`, installed into .venv by .ci/run).
+#[test]
+fn schema_validates_the_examples_independently() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python3");
+    assert!(python.exists(), "run `bash .ci/run` once to create .venv");
+    let script = r#"
+import json, sys, tomllib, yaml, jsonschema
+schema = json.load(open("config/rules.schema.json"))
+jsonschema.validate(tomllib.load(open("config/rules.example.toml", "rb")), schema)
+jsonschema.validate(yaml.safe_load(open("config/rules.example.yaml")), schema)
+bad = {"rules": [{"name": "x", "target": {"kind": "Deployment", "name": "x"},
+                  "max_replicas": "ten", "triggers": []}]}
+try:
+    jsonschema.validate(bad, schema)
+except jsonschema.ValidationError:
+    print("ok")
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .current_dir(root)
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -21,7 +21,7 @@ fn environment_overrides_defaults_and_single_rules() {
         let orders = &file.rules[0];
         assert_eq!(orders.max_replicas, 33);
         assert_eq!(orders.cooldown.to_string(), "42s");
-        assert_eq!(orders.scale_down.stabilization_window.to_string(), "3m");
+        assert_eq!(orders.scale_down_window().to_string(), "3m");
         // Only the named rule changes; every rule without its own cooldown gets the default.
         assert_eq!(file.rules[1].max_replicas, 8);
         assert_eq!(file.rules[2].cooldown.to_string(), "42s");

@@ -5,6 +5,7 @@ mod duration;
 mod error;
 mod load;
 mod rule;
+mod schema;
 mod trigger;
 mod validate;
 
@@ -15,6 +16,7 @@ pub use rule::{
     Behavior, Defaults, Fallback, FallbackMode, RatePolicy, Rule, SelectPolicy, TargetRef,
     DEFAULT_COOLDOWN, DEFAULT_POLL_INTERVAL, DEFAULT_TOLERANCE, KNOWN_KINDS,
 };
+pub use schema::json_schema;
 pub use trigger::{
     BasicAuth, OnEmpty, PrometheusAuth, PrometheusTrigger, SigV4, SqsTrigger, TlsSettings, Trigger,
     TriggerSource, TriggerSpec, TriggerType, DEFAULT_TRIGGER_TIMEOUT,

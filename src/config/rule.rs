@@ -10,7 +10,7 @@ pub const DEFAULT_COOLDOWN: Dur = Dur::from_secs(300);
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
 
 /// One rule: triggers mapped onto one scale target.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Unique within the file; used in logs, metrics, events and the state ConfigMap.
@@ -46,6 +46,16 @@ impl Rule {
     pub fn initial_cooldown(&self) -> Dur {
         self.initial_cooldown.unwrap_or(self.cooldown)
     }
+
+    pub fn scale_up_window(&self) -> Dur {
+        self.scale_up.stabilization_window.unwrap_or(Dur::ZERO)
+    }
+
+    pub fn scale_down_window(&self) -> Dur {
+        self.scale_down
+            .stabilization_window
+            .unwrap_or(self.cooldown)
+    }
 }
 
 fn default_poll_interval() -> Dur {
@@ -61,7 +71,7 @@ fn default_tolerance() -> f64 {
 }
 
 /// The object whose `/scale` subresource the rule writes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetRef {
     pub kind: String,
@@ -91,12 +101,14 @@ impl TargetRef {
 }
 
 /// How fast one direction may move, after the HPA's `behavior` field.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Behavior {
     /// Scale-up takes the lowest, scale-down the highest recommendation seen in this window.
+    /// Defaults: 0 for scale-up (react at once), the rule's `cooldown` for scale-down, so a
+    /// step down waits until the lower count has been enough for a whole cooldown.
     #[serde(default)]
-    pub stabilization_window: Dur,
+    pub stabilization_window: Option<Dur>,
     /// Rate limits; none means the direction is not rate limited.
     #[serde(default)]
     pub policies: Vec<RatePolicy>,
@@ -108,7 +120,7 @@ pub struct Behavior {
 
 /// At most `max_pods` and/or `max_percent` replicas of change per `period`. With both set, the
 /// one allowing the larger change applies (like the HPA's default `max(4 pods, 100%)`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RatePolicy {
     #[serde(default)]
@@ -118,7 +130,7 @@ pub struct RatePolicy {
     pub period: Dur,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SelectPolicy {
     #[default]
@@ -128,7 +140,7 @@ pub enum SelectPolicy {
 }
 
 /// What to do when triggers keep failing.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fallback {
     /// Consecutive failed polls before fallback starts.
@@ -139,7 +151,7 @@ pub struct Fallback {
     pub mode: FallbackMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackMode {
     /// Set exactly `replicas`.
@@ -153,7 +165,7 @@ pub enum FallbackMode {
 
 /// The `defaults` table: every field a rule may inherit. Rules override field by field (nested
 /// tables such as `scale_down` merge key by key).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     pub min_replicas: Option<u32>,

@@ -77,7 +77,7 @@ pub struct PrometheusAuth {
     pub aws_sigv4: Option<SigV4>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     pub username: String,
@@ -87,7 +87,7 @@ pub struct BasicAuth {
     pub password_env: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SigV4 {
     pub region: String,
@@ -103,7 +103,7 @@ fn default_sigv4_service() -> String {
     "aps".to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     #[serde(default)]
@@ -118,7 +118,7 @@ pub struct TlsSettings {
 
 /// What an empty result (or NaN/Inf) means. `error` by default, so a broken query never scales
 /// a workload to zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnEmpty {
     #[default]
@@ -126,15 +126,18 @@ pub enum OnEmpty {
     Zero,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerType {
     Sqs,
     Prometheus,
 }
 
-/// The trigger as written in the file: every field of every type, checked by `TryFrom`.
-#[derive(Debug, Clone, Deserialize)]
+/// A trigger as written in the file: `type` and that type's fields (sqs: `queue`, `region`,
+/// `include_in_flight`, `include_delayed`, `role_arn`, `external_id`, `endpoint`; prometheus:
+/// `server`, `query`, `on_empty`, `namespace`, `custom_headers`, `query_parameters`,
+/// `bearer_token_file`, `basic_auth`, `aws_sigv4`, `tls`).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
     #[serde(rename = "type")]
@@ -251,6 +254,17 @@ impl TryFrom<TriggerSpec> for Trigger {
             activation: spec.activation,
             source,
         })
+    }
+}
+
+/// A trigger is written as a [`TriggerSpec`], so that is its schema.
+impl schemars::JsonSchema for Trigger {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        TriggerSpec::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        TriggerSpec::json_schema(generator)
     }
 }
 

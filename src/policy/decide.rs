@@ -84,8 +84,8 @@ pub fn decide(
     let (lowest, highest) = memory.stabilize(
         now,
         proposal,
-        rule.scale_up.stabilization_window.get(),
-        rule.scale_down.stabilization_window.get(),
+        rule.scale_up_window().get(),
+        rule.scale_down_window().get(),
     );
     let mut desired = if lowest > current {
         lowest

@@ -43,8 +43,8 @@ prop_compose! {
         rule.tolerance = tolerance;
         rule.triggers[0].target_per_replica = target;
         rule.triggers[0].activation = activation;
-        rule.scale_up.stabilization_window = Dur::from_secs(up_window);
-        rule.scale_down.stabilization_window = Dur::from_secs(down_window);
+        rule.scale_up.stabilization_window = Some(Dur::from_secs(up_window));
+        rule.scale_down.stabilization_window = Some(Dur::from_secs(down_window));
         if let Some(pods) = down_pods {
             rule.scale_down.policies.push(RatePolicy { max_pods: Some(pods), max_percent: None, period: Dur::from_secs(60) });
         }

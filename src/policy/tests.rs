@@ -351,3 +351,23 @@ fn stabilization_windows_stay_small() {
     assert_eq!(memory.down_window.len(), 1);
     assert_eq!(memory.up_window.len(), 1);
 }
+
+#[test]
+fn by_default_a_step_down_waits_for_a_cooldown_of_lower_demand() {
+    // Scaled up to 8 at 3600; demand stays at 8 until 3800, then falls to 2.
+    let r = rule("");
+    let mut memory = settled();
+    memory.last_scale_up_at = Some(at(3600));
+    let mut d = run(&r, 40.0, 8, &memory, 3600);
+    for secs in (3615..=3800).step_by(15) {
+        d = run(&r, 40.0, 8, &d.memory, secs);
+    }
+    // 3950 is past the cooldown since the scale-up, but 8 was still asked for at 3800.
+    let held = run(&r, 10.0, 8, &d.memory, 3950);
+    assert_eq!(
+        (held.desired_replicas, held.reason),
+        (8, Reason::Stabilized)
+    );
+    let down = run(&r, 10.0, 8, &held.memory, 3800 + 301);
+    assert_eq!(down.desired_replicas, 2);
+}

@@ -225,10 +225,10 @@ impl Sweep {
                 rule.triggers.iter_mut().for_each(|t| t.activation = v);
             }
             (SweepKey::ScaleUpWindow, Parsed::Duration(d)) => {
-                rule.scale_up.stabilization_window = d;
+                rule.scale_up.stabilization_window = Some(d);
             }
             (SweepKey::ScaleDownWindow, Parsed::Duration(d)) => {
-                rule.scale_down.stabilization_window = d;
+                rule.scale_down.stabilization_window = Some(d);
             }
             (SweepKey::ServiceRate, Parsed::Number(v)) => {
                 anyhow::ensure!(v > 0.0, "{name} must be above zero");

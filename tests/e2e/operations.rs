@@ -248,7 +248,7 @@ async fn file_edits_apply_within_seconds_and_a_broken_edit_keeps_the_old_rules()
     let tmp_link = agent.dir.path().join("rules.toml.tmp");
     std::os::unix::fs::symlink(&swapped, &tmp_link).expect("symlink");
     std::fs::rename(&tmp_link, &path).expect("swap");
-    let took = eventually(Duration::from_secs(5), || replicas(&kube, "edited") == 3).await;
+    let took = eventually(Duration::from_secs(9), || replicas(&kube, "edited") == 3).await;
     assert!(
         took.is_some(),
         "18 / 6 -> 3 after the swap (scale-down after the 4 s cooldown)\n{}",
