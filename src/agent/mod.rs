@@ -149,8 +149,13 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     let (_always_leader, mut leading) = leader::always();
     if let Some(leader_options) = &options.leader {
-        leading = leader::elect(client.clone(), &namespace, leader_options).await?;
-        readiness.api_reached.store(true, Ordering::Relaxed);
+        leading = leader::elect(
+            client.clone(),
+            &namespace,
+            leader_options,
+            readiness.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
     }
 
     let mut supervisor = Supervisor::new(shared.clone(), PollerFactory::new());

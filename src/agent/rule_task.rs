@@ -43,8 +43,8 @@ pub struct RuleTask {
     pub rule: Rule,
     pub pollers: Vec<TriggerPoller>,
     pub memory: Memory,
-    /// The last count written and when, until the cache shows it.
-    pending_write: Option<(u32, Instant)>,
+    /// The last write (from, to, when), until the watch cache shows it.
+    pending_write: Option<(u32, u32, Instant)>,
     /// The HPA last reported as competing, so the warning is not repeated every tick.
     reported_hpa: Option<String>,
 }
@@ -107,8 +107,9 @@ impl RuleTask {
             .api_reached
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut state = observation.state;
-        if let Some((written, at)) = self.pending_write {
-            if state.current_replicas != written && at.elapsed() < WRITE_SETTLE {
+        if let Some((before, written, at)) = self.pending_write {
+            // Still the count from before our write: the cache lags. Anything else is news.
+            if state.current_replicas == before && at.elapsed() < WRITE_SETTLE {
                 state.current_replicas = written;
             } else {
                 self.pending_write = None;
@@ -200,7 +201,7 @@ impl RuleTask {
                     .reaction
                     .observe(tick_started.elapsed().as_secs_f64());
                 info!(rule = %rule.name, target = %rule.target.display(), from, to, reason = %decision.reason, "rescaled");
-                self.pending_write = Some((to, Instant::now()));
+                self.pending_write = Some((from, to, Instant::now()));
                 let direction = if to > from { "up" } else { "down" };
                 shared
                     .metrics
