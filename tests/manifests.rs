@@ -50,8 +50,7 @@ const ALLOWED: &[(&str, &str, &[&str], &[&str])] = &[
         &["get", "list", "watch"],
         &[],
     ),
-    // Events, both APIs.
-    ("", "events", &["create", "patch"], &[]),
+    // Events (events.k8s.io only: that is the API qscale uses).
     ("events.k8s.io", "events", &["create", "patch"], &[]),
     // Rules (read, watched) and state (read, written), by name; create cannot be restricted by
     // name in Kubernetes, and the agent creates the state ConfigMap when it is missing.
@@ -64,7 +63,7 @@ const ALLOWED: &[(&str, &str, &[&str], &[&str])] = &[
     (
         "",
         "configmaps",
-        &["get", "patch", "update"],
+        &["get", "patch"],
         &[STATE_CONFIG_MAP],
     ),
     ("", "configmaps", &["create"], &[]),
@@ -72,7 +71,7 @@ const ALLOWED: &[(&str, &str, &[&str], &[&str])] = &[
     (
         "coordination.k8s.io",
         "leases",
-        &["get", "update", "patch"],
+        &["get", "patch"],
         &[LEASE],
     ),
     ("coordination.k8s.io", "leases", &["create"], &[]),
