@@ -24,9 +24,12 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::support::cluster::skip_on_real_cluster;
 use crate::support::fake_kube::{on, rule, FakeKube, FakeKubeOptions, RbacViolation};
 
 const NS: &str = "selftest";
+/// These tests check the fake itself: nothing to learn from them on a real cluster.
+const SELFTEST: &str = "a selftest of the fake API server";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn setup() -> (FakeKube, Client) {
@@ -120,6 +123,9 @@ where
 
 #[tokio::test]
 async fn fake_kube_scales_deployments_and_statefulsets() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_deployment(NS, "web", 2);
     fake.create_statefulset(NS, "db", 2);
@@ -156,6 +162,9 @@ async fn fake_kube_scales_deployments_and_statefulsets() {
 
 #[tokio::test]
 async fn fake_kube_scales_custom_resources_through_dynamic_api() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_worker(NS, "crunch", 2);
     let gvk = GroupVersionKind::gvk("example.com", "v1", "Worker");
@@ -188,6 +197,9 @@ async fn fake_kube_scales_custom_resources_through_dynamic_api() {
 
 #[tokio::test]
 async fn fake_kube_answers_errors_as_status_objects() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     let api = Api::<Deployment>::namespaced(client.clone(), NS);
     let missing = api_error(api.get("nope").await);
@@ -257,6 +269,9 @@ async fn fake_kube_answers_errors_as_status_objects() {
 
 #[tokio::test]
 async fn fake_kube_serves_discovery() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = Kubeconfig::read_from(fake.write_kubeconfig(dir.path(), NS)).unwrap();
@@ -294,6 +309,9 @@ async fn fake_kube_serves_discovery() {
 
 #[tokio::test]
 async fn fake_kube_watcher_sees_scale_changes() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_deployment(NS, "web", 2);
     let api = Api::<Deployment>::namespaced(client, NS);
@@ -322,6 +340,9 @@ async fn fake_kube_watcher_sees_scale_changes() {
 
 #[tokio::test]
 async fn fake_kube_watcher_relists_after_expired_history() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_deployment(NS, "web", 2);
     let api = Api::<Deployment>::namespaced(client, NS);
@@ -360,6 +381,9 @@ async fn fake_kube_watcher_relists_after_expired_history() {
 
 #[tokio::test]
 async fn fake_kube_watch_protocol_details() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let options = FakeKubeOptions {
         bookmark_interval: Duration::from_millis(200),
         ..Default::default()
@@ -431,6 +455,9 @@ async fn fake_kube_watch_protocol_details() {
 
 #[tokio::test]
 async fn fake_kube_injects_faults() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_deployment(NS, "web", 2);
     let api = Api::<Deployment>::namespaced(client, NS);
@@ -483,6 +510,9 @@ async fn fake_kube_injects_faults() {
 
 #[tokio::test]
 async fn fake_kube_enforces_rbac_rules() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_deployment(NS, "web", 2);
     fake.create_deployment(NS, "other", 2);
@@ -543,6 +573,9 @@ async fn fake_kube_enforces_rbac_rules() {
 
 #[tokio::test]
 async fn fake_kube_serves_configmaps_events_and_leases() {
+    if skip_on_real_cluster(SELFTEST) {
+        return;
+    }
     let (fake, client) = setup().await;
     fake.create_deployment(NS, "web", 2);
 

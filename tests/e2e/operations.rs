@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::agent::{Agent, NAMESPACE};
-use crate::support::fake_kube::FakeKube;
+use crate::support::agent::Agent;
+use crate::support::cluster::Cluster;
 use crate::support::moto::Moto;
 use crate::support::{always, eventually};
 
@@ -38,8 +38,9 @@ timeout = "2s"
     )
 }
 
-fn replicas(kube: &FakeKube, name: &str) -> i32 {
-    kube.replicas("Deployment", NAMESPACE, name).unwrap_or(-1)
+fn replicas(kube: &Cluster, name: &str) -> i32 {
+    kube.replicas("Deployment", kube.namespace(), name)
+        .unwrap_or(-1)
 }
 
 /// The value of one sample in the exposition text, e.g. `qscale_desired_replicas{rule="a"}`.
@@ -54,11 +55,12 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_events_and_json_logs() {
     let moto = Moto::start();
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "observed", 0);
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "observed", 0);
     let queue = moto.create_queue("observed").await;
     moto.send(&queue, 12).await;
-    let agent = Agent::start(
+    let agent = Agent::start_in(
         &rule("observed", &queue, &moto.endpoint(), 5, ""),
         &kube,
         &["--log-format", "json"],
@@ -111,14 +113,12 @@ async fn metrics_health_events_and_json_logs() {
     }
 
     let rescaled = eventually(Duration::from_secs(5), || {
-        kube.events(NAMESPACE)
-            .iter()
-            .any(|e| e["reason"] == "Rescaled")
+        kube.events(ns).iter().any(|e| e["reason"] == "Rescaled")
     })
     .await;
-    assert!(rescaled.is_some(), "{:?}", kube.events(NAMESPACE));
+    assert!(rescaled.is_some(), "{:?}", kube.events(ns));
     let event = kube
-        .events(NAMESPACE)
+        .events(ns)
         .into_iter()
         .find(|e| e["reason"] == "Rescaled")
         .expect("event");
@@ -163,11 +163,12 @@ fn promtool_check(metrics: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_flaps_in_a_minute_give_a_bounded_number_of_events() {
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "flappy", 1);
-    let client = kube.client(NAMESPACE).await;
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "flappy", 1);
+    let client = kube.client(ns).await;
     let metrics = Arc::new(qscale::telemetry::Metrics::new());
-    let sink = qscale::telemetry::EventSink::new(client, NAMESPACE, "test", metrics.clone());
+    let sink = qscale::telemetry::EventSink::new(client, ns, "test", metrics.clone());
     let target = qscale::config::TargetRef {
         kind: "Deployment".into(),
         name: "flappy".into(),
@@ -184,14 +185,21 @@ async fn fifty_flaps_in_a_minute_give_a_bounded_number_of_events() {
         });
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes = kube.count(|r| r.path.contains("/events") && r.method != "GET");
-    assert!(
-        writes <= 5,
-        "at most the burst of 5 event writes, saw {writes}"
-    );
-    assert!(writes >= 2, "the first flaps are reported, saw {writes}");
+    if let Some(fake) = kube.fake_for("the number of Event writes (the request log)") {
+        let writes = fake.count(|r| r.path.contains("/events") && r.method != "GET");
+        assert!(
+            writes <= 5,
+            "at most the burst of 5 event writes, saw {writes}"
+        );
+        assert!(writes >= 2, "the first flaps are reported, saw {writes}");
+    }
     // The two alternating messages became two objects with a series, not five objects.
-    assert_eq!(kube.events(NAMESPACE).len(), 2);
+    let rescaled = kube
+        .events(ns)
+        .into_iter()
+        .filter(|e| e["reason"] == "Rescaled")
+        .count();
+    assert_eq!(rescaled, 2);
     assert!(metrics
         .encode()
         .contains("qscale_events_suppressed_total{rule=\"flappy\"} 45"));
@@ -200,11 +208,12 @@ async fn fifty_flaps_in_a_minute_give_a_bounded_number_of_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_edits_apply_within_seconds_and_a_broken_edit_keeps_the_old_rules() {
     let moto = Moto::start();
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "edited", 0);
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "edited", 0);
     let queue = moto.create_queue("edited").await;
     moto.send(&queue, 12).await;
-    let agent = Agent::start(&rule("edited", &queue, &moto.endpoint(), 5, ""), &kube, &[]);
+    let agent = Agent::start_in(&rule("edited", &queue, &moto.endpoint(), 5, ""), &kube, &[]);
     assert!(
         eventually(Duration::from_secs(10), || replicas(&kube, "edited") == 3)
             .await
@@ -259,19 +268,20 @@ async fn file_edits_apply_within_seconds_and_a_broken_edit_keeps_the_old_rules()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_map_edits_apply_within_seconds() {
     let moto = Moto::start();
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "mapped", 0);
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "mapped", 0);
     let queue = moto.create_queue("mapped").await;
     moto.send(&queue, 12).await;
     kube.put_configmap(
-        NAMESPACE,
+        ns,
         "qscale-rules",
         [(
             "rules.toml",
             rule("mapped", &queue, &moto.endpoint(), 5, ""),
         )],
     );
-    let agent = Agent::start_config_map(&kube, "qscale-rules/rules.toml", &[]);
+    let agent = Agent::start_config_map_in(&kube, "qscale-rules/rules.toml", &[]);
     assert!(
         eventually(Duration::from_secs(10), || replicas(&kube, "mapped") == 3)
             .await
@@ -280,7 +290,7 @@ async fn config_map_edits_apply_within_seconds() {
         agent.logs()
     );
     kube.put_configmap(
-        NAMESPACE,
+        ns,
         "qscale-rules",
         [(
             "rules.toml",
@@ -290,11 +300,7 @@ async fn config_map_edits_apply_within_seconds() {
     let took = eventually(Duration::from_secs(5), || replicas(&kube, "mapped") == 4).await;
     assert!(took.is_some(), "12 / 3 -> 4 within 5 s\n{}", agent.logs());
 
-    kube.put_configmap(
-        NAMESPACE,
-        "qscale-rules",
-        [("rules.toml", "rules = 'broken'")],
-    );
+    kube.put_configmap(ns, "qscale-rules", [("rules.toml", "rules = 'broken'")]);
     let counted = eventually(Duration::from_secs(5), || {
         let metrics = agent.admin_get("/metrics").map(|r| r.1).unwrap_or_default();
         sample(&metrics, "qscale_config_reloads_total{result=\"failure\"}") == Some(1.0)
@@ -314,32 +320,27 @@ async fn config_map_edits_apply_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_annotations_hpa_guard_and_dry_run_write_nothing() {
     let moto = Moto::start();
-    let kube = FakeKube::start().await;
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
     for name in ["paused", "held", "guarded"] {
-        kube.create_deployment(NAMESPACE, name, 1);
+        kube.create_deployment(ns, name, 1);
     }
+    kube.set_annotation("Deployment", ns, "paused", "qscale.io/paused", Some("true"));
     kube.set_annotation(
         "Deployment",
-        NAMESPACE,
-        "paused",
-        "qscale.io/paused",
-        Some("true"),
-    );
-    kube.set_annotation(
-        "Deployment",
-        NAMESPACE,
+        ns,
         "held",
         "qscale.io/paused-replicas",
         Some("2"),
     );
-    kube.create_hpa(NAMESPACE, "legacy-hpa", "Deployment", "guarded");
+    kube.create_hpa(ns, "legacy-hpa", "Deployment", "guarded");
     let mut rules = String::new();
     for name in ["paused", "held", "guarded"] {
         let queue = moto.create_queue(name).await;
         moto.send(&queue, 30).await;
         rules.push_str(&rule(name, &queue, &moto.endpoint(), 5, ""));
     }
-    let agent = Agent::start(&rules, &kube, &[]);
+    let agent = Agent::start_in(&rules, &kube, &[]);
     let held = eventually(Duration::from_secs(10), || replicas(&kube, "held") == 2).await;
     assert!(
         held.is_some(),
@@ -354,16 +355,18 @@ async fn pause_annotations_hpa_guard_and_dry_run_write_nothing() {
         })
         .await
     );
-    let writes: Vec<String> = kube
-        .scale_patches()
-        .iter()
-        .map(|r| r.path.clone())
-        .collect();
-    assert_eq!(
-        writes.len(),
-        1,
-        "only the paused-replicas write: {writes:?}"
-    );
+    if let Some(fake) = kube.fake_for("only one /scale write was sent (the request log)") {
+        let writes: Vec<String> = fake
+            .scale_patches()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        assert_eq!(
+            writes.len(),
+            1,
+            "only the paused-replicas write: {writes:?}"
+        );
+    }
     let metrics = agent.admin_get("/metrics").map(|r| r.1).unwrap_or_default();
     assert_eq!(
         sample(
@@ -379,15 +382,13 @@ async fn pause_annotations_hpa_guard_and_dry_run_write_nothing() {
         agent.logs()
     );
     let blocked = eventually(Duration::from_secs(5), || {
-        kube.events(NAMESPACE)
-            .iter()
-            .any(|e| e["reason"] == "HpaBlocked")
+        kube.events(ns).iter().any(|e| e["reason"] == "HpaBlocked")
     })
     .await;
     assert!(blocked.is_some());
 
     // Unpausing hands the target back to the queue (30 / 5 = 6).
-    kube.set_annotation("Deployment", NAMESPACE, "paused", "qscale.io/paused", None);
+    kube.set_annotation("Deployment", ns, "paused", "qscale.io/paused", None);
     assert!(
         eventually(Duration::from_secs(10), || replicas(&kube, "paused") == 6)
             .await
@@ -396,11 +397,13 @@ async fn pause_annotations_hpa_guard_and_dry_run_write_nothing() {
     drop(agent);
 
     // Dry run: decides (and logs) the same, writes nothing at all.
-    kube.create_deployment(NAMESPACE, "dry", 0);
+    kube.create_deployment(ns, "dry", 0);
     let queue = moto.create_queue("dry").await;
     moto.send(&queue, 30).await;
-    kube.clear_requests();
-    let agent = Agent::start(
+    if let Some(fake) = kube.fake() {
+        fake.clear_requests();
+    }
+    let agent = Agent::start_in(
         &rule("dry", &queue, &moto.endpoint(), 5, ""),
         &kube,
         &["--dry-run"],
@@ -411,31 +414,47 @@ async fn pause_annotations_hpa_guard_and_dry_run_write_nothing() {
     .await;
     assert!(decided.is_some(), "{}", agent.logs());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes = kube.count(|r| r.method != "GET");
-    assert_eq!(
-        writes,
-        0,
-        "dry run writes nothing: {:?}",
-        kube.requests()
-            .iter()
-            .filter(|r| r.method != "GET")
-            .map(|r| (&r.method, &r.path))
-            .collect::<Vec<_>>()
-    );
+    if let Some(fake) = kube.fake_for("the dry run sent no write at all (the request log)") {
+        let writes = fake.count(|r| r.method != "GET");
+        assert_eq!(
+            writes,
+            0,
+            "dry run writes nothing: {:?}",
+            fake.requests()
+                .iter()
+                .filter(|r| r.method != "GET")
+                .map(|r| (&r.method, &r.path))
+                .collect::<Vec<_>>()
+        );
+    }
     assert_eq!(replicas(&kube, "dry"), 0);
+    let state = kube.configmap(ns, "qscale-state").unwrap_or_default();
+    assert!(
+        !state.contains_key("dry"),
+        "dry run keeps no state: {state:?}"
+    );
+    let events = kube.events(ns);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["regarding"]["name"] == "dry"
+                && e["reportingController"] == "qscale.io/agent"),
+        "dry run publishes no Event: {events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_cooldown_does_not_scale_down_early_after_restart() {
     let moto = Moto::start();
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "durable", 0);
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "durable", 0);
     let queue = moto.create_queue("durable").await;
     moto.send(&queue, 20).await;
     // A long cooldown, so the restart happens well inside it.
     let rules = rule("durable", &queue, &moto.endpoint(), 5, "")
         .replace("cooldown = \"4s\"", "cooldown = \"12s\"");
-    let agent = Agent::start(&rules, &kube, &[]);
+    let agent = Agent::start_in(&rules, &kube, &[]);
     assert!(
         eventually(Duration::from_secs(10), || replicas(&kube, "durable") == 4)
             .await
@@ -444,7 +463,7 @@ async fn sigkill_during_cooldown_does_not_scale_down_early_after_restart() {
     let scaled_at = std::time::Instant::now();
     // The memory reaches the state ConfigMap.
     let stored = eventually(Duration::from_secs(5), || {
-        kube.configmap(NAMESPACE, "qscale-state")
+        kube.configmap(ns, "qscale-state")
             .is_some_and(|d| d.contains_key("durable"))
     })
     .await;
@@ -455,7 +474,7 @@ async fn sigkill_during_cooldown_does_not_scale_down_early_after_restart() {
     drop(agent);
 
     // Queue empty, cooldown still running: the new agent must hold 4 until it has passed.
-    let agent = Agent::start(&rules, &kube, &[]);
+    let agent = Agent::start_in(&rules, &kube, &[]);
     let held = always(Duration::from_secs(6), || replicas(&kube, "durable") == 4).await;
     assert!(
         held,

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::agent::{http_get, Agent, NAMESPACE};
+use crate::support::agent::{http_get, Agent};
+use crate::support::cluster::Cluster;
 use crate::support::eventually;
-use crate::support::fake_kube::FakeKube;
 use crate::support::prometheus::{PromStack, Prometheus};
 
 fn rule(server: &str, on_empty: &str) -> String {
@@ -49,15 +49,16 @@ async fn pushed_series_scales_the_target_and_prometheus_scrapes_qscale() {
     let Some(stack) = PromStack::start().await else {
         return; // QSCALE_SKIP_PROMETHEUS=1; otherwise the launcher has already failed loudly
     };
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "reports", 0);
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "reports", 0);
     stack
         .pushgateway
         .push("jobs", &[("queue", "reports")], "jobs_waiting 42\n")
         .await;
-    let agent = Agent::start(&rule(&stack.server(), "error"), &kube, &[]);
+    let agent = Agent::start_in(&rule(&stack.server(), "error"), &kube, &[]);
     let scaled = eventually(Duration::from_secs(15), || {
-        kube.replicas("Deployment", NAMESPACE, "reports") == Some(5)
+        kube.replicas("Deployment", ns, "reports") == Some(5)
     })
     .await;
     assert!(scaled.is_some(), "42 / 10 -> 5\n{}", agent.logs());
@@ -98,7 +99,7 @@ async fn pushed_series_scales_the_target_and_prometheus_scrapes_qscale() {
     assert!(failing.is_some(), "{}", agent.logs());
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
-        kube.replicas("Deployment", NAMESPACE, "reports"),
+        kube.replicas("Deployment", ns, "reports"),
         Some(5),
         "held, not zeroed"
     );
@@ -109,11 +110,12 @@ async fn on_empty_zero_reads_a_missing_series_as_zero() {
     let Some(stack) = PromStack::start().await else {
         return;
     };
-    let kube = FakeKube::start().await;
-    kube.create_deployment(NAMESPACE, "reports", 4);
-    let agent = Agent::start(&rule(&stack.server(), "zero"), &kube, &[]);
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "reports", 4);
+    let agent = Agent::start_in(&rule(&stack.server(), "zero"), &kube, &[]);
     let zero = eventually(Duration::from_secs(20), || {
-        kube.replicas("Deployment", NAMESPACE, "reports") == Some(0)
+        kube.replicas("Deployment", ns, "reports") == Some(0)
     })
     .await;
     assert!(

@@ -1,4 +1,5 @@
-//! The real `qscale` binary, run as a user would run it, against the fake API server.
+//! The real `qscale` binary, run as a user would run it, against the fake API server or (see
+//! [`Agent::start_in`]) the Kubernetes API of a [`Cluster`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -6,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::cluster::Cluster;
 use super::fake_kube::FakeKube;
 
+/// The namespace the agent works in against a bare [`FakeKube`] (and a fake [`Cluster`]).
 pub const NAMESPACE: &str = "work";
 
 pub struct Agent {
@@ -33,12 +36,31 @@ fn aws_env(cmd: &mut Command) {
 }
 
 impl Agent {
-    /// Writes `rules` (TOML) and a kubeconfig for `kube`, and starts `qscale run`.
+    /// Writes `rules` (TOML) and a kubeconfig for `kube` (namespace [`NAMESPACE`]), and starts
+    /// `qscale run`.
     pub fn start(rules: &str, kube: &FakeKube, extra_args: &[&str]) -> Agent {
+        Self::start_rules(
+            rules,
+            |dir| kube.write_kubeconfig(dir, NAMESPACE),
+            extra_args,
+        )
+    }
+
+    /// [`Agent::start`] against a [`Cluster`], in the cluster's namespace.
+    pub fn start_in(rules: &str, cluster: &Cluster, extra_args: &[&str]) -> Agent {
+        let kubeconfig = |dir: &Path| cluster.write_kubeconfig(dir, cluster.namespace());
+        Self::start_rules(rules, kubeconfig, extra_args)
+    }
+
+    fn start_rules(
+        rules: &str,
+        kubeconfig: impl FnOnce(&Path) -> PathBuf,
+        extra_args: &[&str],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules_path = dir.path().join("rules.toml");
         std::fs::write(&rules_path, rules).expect("write rules");
-        let kubeconfig = kube.write_kubeconfig(dir.path(), NAMESPACE);
+        let kubeconfig = kubeconfig(dir.path());
         Self::start_with(dir, &rules_path, &kubeconfig, extra_args)
     }
 
@@ -50,8 +72,26 @@ impl Agent {
 
     /// Starts `qscale run` with the rules in a ConfigMap (`--config-map NAME/KEY`).
     pub fn start_config_map(kube: &FakeKube, config_map: &str, extra: &[&str]) -> Agent {
+        Self::start_from_config_map(
+            |dir| kube.write_kubeconfig(dir, NAMESPACE),
+            config_map,
+            extra,
+        )
+    }
+
+    /// [`Agent::start_config_map`] against a [`Cluster`], in the cluster's namespace.
+    pub fn start_config_map_in(cluster: &Cluster, config_map: &str, extra: &[&str]) -> Agent {
+        let kubeconfig = |dir: &Path| cluster.write_kubeconfig(dir, cluster.namespace());
+        Self::start_from_config_map(kubeconfig, config_map, extra)
+    }
+
+    fn start_from_config_map(
+        kubeconfig: impl FnOnce(&Path) -> PathBuf,
+        config_map: &str,
+        extra: &[&str],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kubeconfig = kube.write_kubeconfig(dir.path(), NAMESPACE);
+        let kubeconfig = kubeconfig(dir.path());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
         cmd.arg("run").arg("--config-map").arg(config_map);
         Self::spawn(cmd, dir, &kubeconfig, extra)

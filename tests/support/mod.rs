@@ -3,9 +3,13 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cluster;
 pub mod fake_kube;
+pub mod fake_prometheus;
+pub mod fault_http;
 pub mod moto;
 pub mod prometheus;
+pub mod sqs_faults;
 pub mod sqs_proxy;
 
 use std::time::{Duration, Instant};

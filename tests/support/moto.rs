@@ -124,16 +124,31 @@ impl Moto {
         out.queue_url().expect("queue url").to_string()
     }
 
+    /// Sends `count` messages, ten per `SendMessageBatch` call, so a poll rarely sees a
+    /// half-sent batch.
     pub async fn send(&self, queue_url: &str, count: usize) {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         let client = self.client();
-        for i in 0..count {
+        let mut sent = 0;
+        while sent < count {
+            let batch = (count - sent).min(10);
+            let entries = (sent..sent + batch)
+                .map(|i| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .message_body(format!("message {i}"))
+                        .build()
+                        .expect("batch entry")
+                })
+                .collect();
             client
-                .send_message()
+                .send_message_batch()
                 .queue_url(queue_url)
-                .message_body(format!("message {i}"))
+                .set_entries(Some(entries))
                 .send()
                 .await
-                .expect("send message");
+                .expect("send message batch");
+            sent += batch;
         }
     }
 
