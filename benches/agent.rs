@@ -41,8 +41,6 @@ const BURST_DEPTH: u64 = 50;
 const BURST_REPLICAS: i32 = 5;
 /// Watch bookmarks from the fake API server; a real API server sends one about every minute.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
-const RESULTS_BEGIN: &str = "<!-- bench:results:begin -->";
-const RESULTS_END: &str = "<!-- bench:results:end -->";
 const MIB: f64 = 1024.0;
 
 // Targets (issue 6, item 4).
@@ -60,6 +58,8 @@ struct Options {
     steady: Duration,
     samples: usize,
     write: Option<PathBuf>,
+    /// Which marked block of the `--write` file to replace.
+    section: String,
     agent: PathBuf,
     /// The arguments as given, for the report.
     command: String,
@@ -73,7 +73,9 @@ usage: cargo bench --bench agent -- [options]   (or scripts/bench [options])
   --steady SECS       steady-state measurement window (default 30)
   --samples N         rules made to rescale in the reaction phase (default 100)
   --agent PATH        the qscale binary to run (default: the one cargo built for this bench)
-  --write FILE        also write the results into FILE, between the bench:results markers";
+  --write FILE        also write the results into FILE, between the markers
+                      <!-- bench:SECTION:begin --> and <!-- bench:SECTION:end -->
+  --section SECTION   which marked block --write replaces (default results)";
 
 fn parse_options(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
@@ -83,6 +85,7 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
         steady: Duration::from_secs(30),
         samples: 100,
         write: None,
+        section: "results".to_string(),
         agent: PathBuf::from(env!("CARGO_BIN_EXE_qscale")),
         command: String::new(),
     };
@@ -136,6 +139,7 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
             }
             "--agent" => options.agent = PathBuf::from(value()?),
             "--write" => options.write = Some(PathBuf::from(value()?)),
+            "--section" => options.section = value()?.clone(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -214,7 +218,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let report = render(&options, &machine, &rows, begun.elapsed());
     println!("{report}");
     if let Some(path) = &options.write {
-        write_results(path, &report)?;
+        write_results(path, &options.section, &report)?;
         eprintln!("results written to {}", path.display());
     }
     Ok(())
@@ -251,7 +255,10 @@ struct Row {
     agent_cpu: f64,
     cpu_source: CpuSource,
     harness_cpu: f64,
+    /// Busy CPU time of everything else on the machine during the window.
+    others_cpu: f64,
     idle_rss_kib: u64,
+    idle_anon_kib: u64,
     peak_rss_kib: u64,
     peak_after_scrape_kib: u64,
     other_requests: Vec<String>,
@@ -295,6 +302,7 @@ async fn run_scenario(options: &Options, scenario: Scenario) -> anyhow::Result<R
         &kubeconfig,
         admin_port,
         &log_path,
+        dir.path(),
     )?;
     let pid = agent.pid();
     let start_limit = Duration::from_secs(60) + options.interval;
@@ -334,17 +342,22 @@ async fn run_scenario(options: &Options, scenario: Scenario) -> anyhow::Result<R
     eprintln!("   steady state for {:?}", options.steady);
     let calls_before = stub.calls();
     let harness_before = procfs::own_cpu_seconds();
+    let machine_before = procfs::machine_busy_seconds();
     let cpu_before = CpuSample::read(pid)?;
     let window_start = Instant::now();
     let mut rss_samples = Vec::new();
+    let mut anon_samples = Vec::new();
     while window_start.elapsed() < options.steady {
-        rss_samples.push(procfs::memory_kib(pid)?.0);
+        let memory = procfs::memory_kib(pid)?;
+        rss_samples.push(memory.rss);
+        anon_samples.push(memory.anon);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let cpu_after = CpuSample::read(pid)?;
     let window_end = Instant::now();
     let calls_after = stub.calls();
     let harness_after = procfs::own_cpu_seconds();
+    let machine_after = procfs::machine_busy_seconds();
     let window = window_end - window_start;
     let (agent_cpu, cpu_source) = cpu_after.since(&cpu_before);
     let sqs_calls = calls_after - calls_before;
@@ -358,8 +371,8 @@ async fn run_scenario(options: &Options, scenario: Scenario) -> anyhow::Result<R
     } else {
         (sqs_calls as f64, true)
     };
-    rss_samples.sort_unstable();
-    let idle_rss_kib = rss_samples.get(rss_samples.len() / 2).copied().unwrap_or(0);
+    let idle_rss_kib = median(&mut rss_samples);
+    let idle_anon_kib = median(&mut anon_samples);
 
     let requests = kube.requests();
     let in_window = |r: &&RecordedRequest| r.at >= window_start && r.at < window_end;
@@ -434,7 +447,7 @@ async fn run_scenario(options: &Options, scenario: Scenario) -> anyhow::Result<R
             .collect();
         exact_quantiles(&mut latencies)
     };
-    let (_, peak_rss_kib) = procfs::memory_kib(pid)?;
+    let peak_rss_kib = procfs::memory_kib(pid)?.peak;
 
     // --- one /metrics scrape: the reaction histogram, and what a scrape costs
     let cpu_before_scrape = CpuSample::read(pid)?;
@@ -445,7 +458,7 @@ async fn run_scenario(options: &Options, scenario: Scenario) -> anyhow::Result<R
         .unwrap_or_default();
     let scrape_time = scrape_started.elapsed();
     let (scrape_cpu, _) = CpuSample::read(pid)?.since(&cpu_before_scrape);
-    let (_, peak_after_scrape_kib) = procfs::memory_kib(pid)?;
+    let peak_after_scrape_kib = procfs::memory_kib(pid)?.peak;
     let reaction_histogram = histogram_quantiles(&metrics, "qscale_reaction_seconds");
     let threads = procfs::thread_count(pid);
     let fds = procfs::open_fds(pid);
@@ -467,7 +480,10 @@ async fn run_scenario(options: &Options, scenario: Scenario) -> anyhow::Result<R
         agent_cpu,
         cpu_source,
         harness_cpu: harness_after - harness_before,
+        others_cpu: (machine_after - machine_before - agent_cpu - (harness_after - harness_before))
+            .max(0.0),
         idle_rss_kib,
+        idle_anon_kib,
         peak_rss_kib,
         peak_after_scrape_kib,
         other_requests,
@@ -515,6 +531,11 @@ impl Row {
             .filter(|q| q.count > 0)
             .map(|q| q.p99)
     }
+}
+
+fn median(samples: &mut [u64]) -> u64 {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or(0)
 }
 
 fn deployment(i: usize) -> String {
@@ -575,6 +596,7 @@ impl AgentProcess {
         kubeconfig: &Path,
         admin_port: u16,
         log: &Path,
+        home: &Path,
     ) -> anyhow::Result<AgentProcess> {
         let log = std::fs::File::create(log)?;
         let child = Command::new(binary)
@@ -587,16 +609,15 @@ impl AgentProcess {
             .arg(format!("127.0.0.1:{admin_port}"))
             .args(["--leader-elect", "--identity", "bench"])
             .args(["--log-format", "json", "--log-level", "info"])
-            // A clean environment: static dummy credentials, no profile, no instance metadata,
-            // so nothing leaves 127.0.0.1.
+            // A clean environment: static dummy credentials, an empty home (no AWS profile),
+            // no instance metadata, so nothing leaves 127.0.0.1.
             .env_clear()
             .env("KUBECONFIG", kubeconfig)
             .env("AWS_ACCESS_KEY_ID", "bench")
             .env("AWS_SECRET_ACCESS_KEY", "bench")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent/qscale-bench")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/qscale-bench")
+            .env("HOME", home)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -838,14 +859,16 @@ fn scenario_label(s: Scenario) -> String {
 fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: Duration) -> String {
     let mut out = String::new();
     let o = &mut out;
-    let _ = writeln!(o, "{RESULTS_BEGIN}");
+    let _ = writeln!(o, "{}", marker(&options.section, "begin"));
+    let agent_size = std::fs::metadata(&options.agent).map_or(0, |m| m.len());
     let _ = writeln!(
         o,
-        "_Generated by `{}` (agent binary: `{}`); the whole run took {:.0} s. \
+        "_Generated by `{}` (agent binary: `{}`, {:.1} MiB); the whole run took {:.0} s. \
          Poll interval {} s for every rule, steady-state window {} s, {} rules made to rescale \
          per run._\n",
         options.command,
         display_agent(&options.agent),
+        agent_size as f64 / MIB / MIB,
         took.as_secs_f64(),
         options.interval.as_secs(),
         options.steady.as_secs(),
@@ -859,14 +882,14 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
         o,
         "\n**Results**\n\n\
          | rules | start → ready | reaction p50 / p99 (histogram) | poll → PATCH p50 / p99 (exact) \
-         | CPU per 1,000 polls | idle RSS | peak RSS | SQS calls / min | API requests / min \
+         | CPU per 1,000 polls | idle RSS (anonymous) | peak RSS | SQS calls / min | API requests / min \
          (not watch, not lease) | lease requests / min | watch requests |\n\
          | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {}{} | {} | {} | {:.0} | {:.0} | {:.1} | {} ({} in window) |",
+            "| {} | {} | {} | {} | {}{} | {} ({}) | {} | {:.0} | {:.0} | {:.1} | {} ({} in window) |",
             scenario_label(row.scenario),
             secs(row.start_to_ready),
             quantile_cell(row.reaction_histogram.as_ref(), "not exported"),
@@ -881,6 +904,7 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
             ms(row.cpu_per_1000()),
             if row.polls_measured { "" } else { " ¹" },
             mib(row.idle_rss_kib),
+            mib(row.idle_anon_kib),
             mib(row.peak_rss_kib),
             row.per_minute(row.sqs_calls as f64),
             row.per_minute(row.other_requests.len() as f64),
@@ -904,7 +928,9 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
          window divided by the trigger polls in it; everything the agent does in that window \
          counts (lease renewals, timers, logging). ¹ With shared queues, polls are the rules' \
          reads (rules × window ÷ interval), of which the SQS calls are a fraction.\n\
-         - **idle RSS**: median VmRSS over the steady window (polling, nothing to rescale); \
+         - **idle RSS**: median VmRSS over the steady window (polling, nothing to rescale), and \
+         in brackets its anonymous part (RssAnon: heap and stacks; the rest is the binary's code \
+         and libraries mapped from the page cache); \
          **peak RSS**: VmHWM after start, steady state and the reaction, before any `/metrics` \
          scrape (see below).\n\
          - **API requests / min**: requests at the fake API server during the steady window, \
@@ -949,11 +975,13 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
             let idle = row.idle_rss_kib as f64 / MIB;
             let _ = writeln!(
                 o,
-                "- idle RSS ≤ {TARGET_IDLE_RSS_MIB:.0} MiB at {} rules: {} ({}; {:+.0} % of the target)",
+                "- idle RSS ≤ {TARGET_IDLE_RSS_MIB:.0} MiB at {} rules: {} (VmRSS {}, {:+.0} % of \
+                 the target; of which anonymous {})",
                 thousands(TARGET_RULES),
                 verdict(idle <= TARGET_IDLE_RSS_MIB),
                 mib(row.idle_rss_kib),
                 (idle / TARGET_IDLE_RSS_MIB - 1.0) * 100.0,
+                mib(row.idle_anon_kib),
             );
             let cpu = row.cpu_per_1000();
             let _ = writeln!(
@@ -1010,16 +1038,16 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
         o,
         "\n**Details**\n\n\
          | rules | start → every queue polled | polls in window | SQS calls in window | agent CPU \
-         | harness CPU (stand-ins) | rescales seen | threads | fds (sockets) | API requests \
+         | harness CPU (stand-ins) | other processes' CPU | rescales seen | threads | fds (sockets) | API requests \
          before the window | `/metrics` size | one scrape: agent CPU, time | VmHWM after the \
          scrape |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
         let window = row.window.as_secs_f64();
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} | {} | {:.2} % of a CPU{} | {:.2} % of a CPU | {} of {} | {} | {} ({}) \
+            "| {} | {} | {:.0} | {} | {:.2} % of a CPU{} | {:.2} % of a CPU | {:.0} % of a CPU | {} of {} | {} | {} ({}) \
              | {} | {:.0} KiB | {}, {} | {} |",
             scenario_label(row.scenario),
             secs(row.start_to_all_polled),
@@ -1032,6 +1060,7 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
                 ""
             },
             row.harness_cpu / window * 100.0,
+            row.others_cpu / window * 100.0,
             row.rescaled,
             row.expected_rescales,
             row.threads,
@@ -1074,8 +1103,12 @@ fn render(options: &Options, machine: &[(String, String)], rows: &[Row], took: D
             );
         }
     }
-    let _ = writeln!(o, "{RESULTS_END}");
+    let _ = writeln!(o, "{}", marker(&options.section, "end"));
     out
+}
+
+fn marker(section: &str, end: &str) -> String {
+    format!("<!-- bench:{section}:{end} -->")
 }
 
 fn display_agent(agent: &Path) -> String {
@@ -1087,15 +1120,16 @@ fn display_agent(agent: &Path) -> String {
         .to_string()
 }
 
-/// Replaces what lies between the markers in `path` (or appends a marked block).
-fn write_results(path: &Path, report: &str) -> anyhow::Result<()> {
+/// Replaces the marked block of `section` in `path` (or appends one).
+fn write_results(path: &Path, section: &str, report: &str) -> anyhow::Result<()> {
     let current = std::fs::read_to_string(path).unwrap_or_default();
-    let updated = match (current.find(RESULTS_BEGIN), current.find(RESULTS_END)) {
+    let (begin_marker, end_marker) = (marker(section, "begin"), marker(section, "end"));
+    let updated = match (current.find(&begin_marker), current.find(&end_marker)) {
         (Some(begin), Some(end)) if begin < end => format!(
             "{}{}{}",
             &current[..begin],
             report.trim_end(),
-            &current[end + RESULTS_END.len()..]
+            &current[end + end_marker.len()..]
         ),
         _ => format!("{current}\n{report}"),
     };

@@ -60,20 +60,10 @@ const ALLOWED: &[(&str, &str, &[&str], &[&str])] = &[
         &["get", "list", "watch"],
         &[RULES_CONFIG_MAP],
     ),
-    (
-        "",
-        "configmaps",
-        &["get", "patch"],
-        &[STATE_CONFIG_MAP],
-    ),
+    ("", "configmaps", &["get", "patch"], &[STATE_CONFIG_MAP]),
     ("", "configmaps", &["create"], &[]),
     // Leader election: its Lease by name, created by the first replica.
-    (
-        "coordination.k8s.io",
-        "leases",
-        &["get", "patch"],
-        &[LEASE],
-    ),
+    ("coordination.k8s.io", "leases", &["get", "patch"], &[LEASE]),
     ("coordination.k8s.io", "leases", &["create"], &[]),
 ];
 

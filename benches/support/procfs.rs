@@ -96,8 +96,18 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
-/// `(VmRSS, VmHWM)` in KiB.
-pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+/// Resident memory of a process, in KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// VmRSS: every resident page, file-backed (the binary's code) included.
+    pub rss: u64,
+    /// VmHWM: the highest VmRSS so far.
+    pub peak: u64,
+    /// RssAnon: the process's own private memory (heap, stacks).
+    pub anon: u64,
+}
+
+pub fn memory_kib(pid: u32) -> anyhow::Result<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
         let line = text
@@ -110,7 +120,11 @@ pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
             .ok_or_else(|| anyhow::anyhow!("bad {name} line"))?
             .parse()?)
     };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    Ok(Memory {
+        rss: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+        anon: field("RssAnon:")?,
+    })
 }
 
 /// Open file descriptors and how many of them are sockets.
@@ -184,4 +198,26 @@ pub fn machine() -> Vec<(String, String)> {
                 .to_string(),
         ),
     ]
+}
+
+/// CPU time the whole machine spent busy (all CPUs, every process), in seconds so far.
+pub fn machine_busy_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / clock_ticks_per_second()
 }

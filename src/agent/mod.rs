@@ -66,9 +66,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         ConfigSource::ConfigMap { .. } => None,
     };
 
-    let kube_config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (in-cluster service account or KUBECONFIG)")?;
+    let kube_config = kube::Config::infer().await.map_err(|e| {
+        anyhow::anyhow!(
+            "no usable Kubernetes configuration (in-cluster service account or KUBECONFIG): {}",
+            first_lines(&e)
+        )
+    })?;
     let namespace = options
         .namespace
         .clone()
@@ -221,6 +224,43 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_millis(200), admin).await;
     info!("stopped");
     Ok(())
+}
+
+/// The first line of each cause in an error chain, with quoted values blanked. A kubeconfig
+/// parse error quotes the lines around the mistake, or the value it could not read, and a token
+/// may be either: the file, line and column are enough to find it.
+fn first_lines(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        let line = blank_quoted(text.lines().next().unwrap_or_default().trim());
+        if !line.is_empty() && parts.last() != Some(&line) {
+            parts.push(line);
+        }
+        cause = current.source();
+    }
+    parts.join(": ")
+}
+
+/// `invalid type: string "s3cr3t"` becomes `invalid type: string "…"`.
+fn blank_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        if c == '"' || c == '`' {
+            if !quoted {
+                out.push(c);
+                out.push('…');
+            } else {
+                out.push(c);
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn accept(metrics: &Metrics, readiness: &Readiness) {

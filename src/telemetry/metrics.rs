@@ -82,6 +82,9 @@ pub struct Metrics {
     pub config_last_success: F64Gauge,
     pub leader: Gauge<i64, AtomicI64>,
     pub tasks: Gauge<i64, AtomicI64>,
+    /// Every task alive on the async runtime (rule tasks, watches, the admin server, Events
+    /// in flight): a leak shows here even where `tasks` stays flat.
+    pub runtime_tasks: Gauge<i64, AtomicI64>,
 }
 
 fn poll_histogram() -> Histogram {
@@ -120,6 +123,7 @@ impl Metrics {
             config_last_success: Gauge::default(),
             leader: Gauge::default(),
             tasks: Gauge::default(),
+            runtime_tasks: Gauge::default(),
             registry,
         };
         metrics.register()
@@ -188,6 +192,11 @@ impl Metrics {
             self.leader.clone(),
         );
         r.register("tasks", "Running rule tasks", self.tasks.clone());
+        r.register(
+            "runtime_alive_tasks",
+            "Tasks alive on the async runtime",
+            self.runtime_tasks.clone(),
+        );
         self
     }
 

@@ -58,6 +58,13 @@ pub async fn bind(
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    state
+        .metrics
+        .runtime_tasks
+        .set(i64::try_from(alive).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

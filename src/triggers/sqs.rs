@@ -148,6 +148,20 @@ impl SqsPoller {
     }
 }
 
+/// The first paragraph of a service message, cut at any echoed header and bounded in length.
+fn first_paragraph(message: &str) -> String {
+    const MAX: usize = 300;
+    let mut text = message.split("\n\n").next().unwrap_or_default();
+    if let Some(at) = text.to_ascii_lowercase().find("x-amz-") {
+        text = &text[..at];
+    }
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].trim().to_string()
+}
+
 fn is_url(queue: &str) -> bool {
     queue.starts_with("https://") || queue.starts_with("http://")
 }
@@ -173,6 +187,14 @@ where
         SdkError::ResponseError(_) => TriggerError::BadResponse(detail()),
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
+            // Only the code and the first paragraph of the service's message: a signature
+            // error goes on to echo the canonical request, session token included.
+            let message = service
+                .err()
+                .message()
+                .map(first_paragraph)
+                .unwrap_or_default();
+            let detail = || format!("queue {queue}: {code}: {message}");
             match code {
                 "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
                     TriggerError::NotFound(detail())

@@ -181,7 +181,11 @@ async fn forward(client: &reqwest::Client, upstream: &str, request: &HttpRequest
     match outgoing.body(request.body.clone()).send().await {
         Ok(response) => {
             let status = response.status().as_u16();
-            let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let body = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
             Reply::Respond {
                 status,
                 headers: vec![("content-type".into(), "application/json".into())],

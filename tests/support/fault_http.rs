@@ -194,8 +194,7 @@ async fn serve(mut stream: TcpStream, handler: Handler) {
             let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
             for (name, value) in &headers {
                 let name = name.to_ascii_lowercase();
-                if name != "content-length" && name != "connection" && name != "transfer-encoding"
-                {
+                if name != "content-length" && name != "connection" && name != "transfer-encoding" {
                     head.push_str(&format!("{name}: {value}\r\n"));
                 }
             }

@@ -108,10 +108,7 @@ fn error_reply(status: u16, error_type: &str, query_error: Option<&str>, message
     let body = serde_json::json!({ "__type": error_type, "message": message }).to_string();
     let reply = Reply::Respond {
         status,
-        headers: vec![(
-            "content-type".into(),
-            "application/x-amz-json-1.0".into(),
-        )],
+        headers: vec![("content-type".into(), "application/x-amz-json-1.0".into())],
         body: body.into_bytes(),
     }
     .with_header("x-amzn-requestid", "fault-injected");
@@ -191,7 +188,11 @@ async fn forward(client: &reqwest::Client, upstream: &str, request: HttpRequest)
                 .iter()
                 .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_string())))
                 .collect();
-            let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let body = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
             Reply::Respond {
                 status,
                 headers,

@@ -47,8 +47,12 @@ struct VectorSample {
 /// A vector must hold at most one series (aggregate the query otherwise), and an empty result,
 /// `NaN` or `±Inf` is [`TriggerError::Empty`] unless `on_empty` is [`OnEmpty::Zero`].
 pub fn parse_response(body: &[u8], on_empty: OnEmpty) -> Result<f64, TriggerError> {
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| TriggerError::BadResponse(format!("not a Prometheus query response: {e}")))?;
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        TriggerError::BadResponse(format!(
+            "not a Prometheus query response: {}",
+            quote(&e.to_string())
+        ))
+    })?;
     if envelope.status != "success" {
         return Err(server_error(&envelope));
     }
@@ -83,8 +87,12 @@ pub fn parse_response(body: &[u8], on_empty: OnEmpty) -> Result<f64, TriggerErro
 
 /// The one value of a vector, `None` when it is empty.
 fn vector_value(result: Value) -> Result<Option<f64>, TriggerError> {
-    let samples: Vec<VectorSample> = serde_json::from_value(result)
-        .map_err(|e| TriggerError::BadResponse(format!("malformed vector result: {e}")))?;
+    let samples: Vec<VectorSample> = serde_json::from_value(result).map_err(|e| {
+        TriggerError::BadResponse(format!(
+            "malformed vector result: {}",
+            quote(&e.to_string())
+        ))
+    })?;
     match samples.len() {
         0 => Ok(None),
         1 => {
@@ -117,8 +125,12 @@ fn vector_value(result: Value) -> Result<Option<f64>, TriggerError> {
 /// A `[timestamp, "value"]` pair's value; Prometheus writes values as strings so that `NaN` and
 /// `±Inf` survive JSON.
 fn sample_value(pair: Value, kind: &str) -> Result<f64, TriggerError> {
-    let (_timestamp, text): (Value, String) = serde_json::from_value(pair)
-        .map_err(|e| TriggerError::BadResponse(format!("malformed {kind} sample: {e}")))?;
+    let (_timestamp, text): (Value, String) = serde_json::from_value(pair).map_err(|e| {
+        TriggerError::BadResponse(format!(
+            "malformed {kind} sample: {}",
+            quote(&e.to_string())
+        ))
+    })?;
     text.trim().parse::<f64>().map_err(|_| {
         TriggerError::BadResponse(format!("{kind} value `{}` is not a number", quote(&text)))
     })
