@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::aws::AwsContext;
 use super::prometheus::{HttpClients, PrometheusPoller};
 use super::shared::SharedReading;
-use super::sqs::{QueueCounts, SqsPoller, SqsSource};
+use super::sqs::{QueueCounts, SqsClients, SqsPoller, SqsSource};
 use super::TriggerError;
 use crate::config::{PrometheusTrigger, Trigger, TriggerSource};
 
@@ -55,6 +55,7 @@ impl TriggerPoller {
 pub struct PollerFactory {
     aws: AwsContext,
     http: HttpClients,
+    sqs_clients: SqsClients,
     sqs: Arc<tokio::sync::Mutex<HashMap<SqsSource, SqsShared>>>,
     prometheus: Arc<Mutex<HashMap<PrometheusTrigger, PrometheusShared>>>,
 }
@@ -76,7 +77,7 @@ impl PollerFactory {
                         source.clone()
                     }
                     None => {
-                        let poller = SqsPoller::new(&key, &self.aws).await;
+                        let poller = SqsPoller::new(&key, &self.sqs_clients, &self.aws).await;
                         let source = Arc::new((poller, SharedReading::new(interval)));
                         sources.insert(key, source.clone());
                         source

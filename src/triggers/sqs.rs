@@ -1,6 +1,7 @@
 //! SQS trigger: one `GetQueueAttributes` call per poll. The call always asks for the visible,
 //! in-flight and delayed counts, so triggers that count differently can still share it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -73,25 +74,48 @@ pub struct SqsPoller {
     timeout: Duration,
 }
 
-impl SqsPoller {
-    pub async fn new(spec: &SqsSource, aws: &AwsContext) -> Self {
+/// SQS clients, one per (identity, endpoint), shared by every queue they read: a client owns a
+/// connection pool, and a thousand queues must not mean a thousand pools.
+#[derive(Clone, Default)]
+pub struct SqsClients {
+    clients: std::sync::Arc<tokio::sync::Mutex<HashMap<ClientKey, Client>>>,
+}
+
+/// Who calls, and which endpoint.
+type ClientKey = (AwsIdentity, Option<String>);
+
+impl SqsClients {
+    pub async fn get(&self, spec: &SqsSource, aws: &AwsContext) -> Client {
         let identity = AwsIdentity {
             region: spec.region.clone(),
             role_arn: spec.role_arn.clone(),
             external_id: spec.external_id.clone(),
         };
-        let sdk_config = aws.sdk_config(&identity).await;
+        let key = (identity, spec.endpoint.clone());
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let sdk_config = aws.sdk_config(&key.0).await;
         let mut config = aws_sdk_sqs::config::Builder::from(&sdk_config);
         if let Some(endpoint) = &spec.endpoint {
             config = config.endpoint_url(endpoint);
         }
+        let client = Client::from_conf(config.build());
+        clients.insert(key, client.clone());
+        client
+    }
+}
+
+impl SqsPoller {
+    pub async fn new(spec: &SqsSource, clients: &SqsClients, aws: &AwsContext) -> Self {
         let queue_url = OnceCell::new();
         if is_url(&spec.queue) {
             // A URL needs no lookup; setting an empty cell cannot fail.
             let _ = queue_url.set(spec.queue.clone());
         }
         SqsPoller {
-            client: Client::from_conf(config.build()),
+            client: clients.get(spec, aws).await,
             queue: spec.queue.clone(),
             queue_url,
             timeout: spec.timeout,
