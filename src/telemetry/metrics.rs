@@ -191,6 +191,11 @@ impl Metrics {
             "1 while this replica holds the lease (or runs without election)",
             self.leader.clone(),
         );
+        r.register(
+            "reaction_seconds",
+            "From the start of a tick to the end of the /scale write it decided",
+            self.reaction.clone(),
+        );
         r.register("tasks", "Running rule tasks", self.tasks.clone());
         r.register(
             "runtime_alive_tasks",

@@ -104,6 +104,10 @@ async fn metrics_health_events_and_json_logs() {
         "{metrics}"
     );
     assert!(
+        metrics.contains("qscale_reaction_seconds_count 1"),
+        "one rescale, one reaction observed: {metrics}"
+    );
+    assert!(
         metrics.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
     );
