@@ -27,7 +27,7 @@ pub use state::StateStore;
 pub use supervisor::Supervisor;
 
 use crate::config::{self, ConfigError, RulesFile};
-use crate::target::Targets;
+use crate::target::{RequestLimit, Targets};
 use crate::telemetry::metrics::ResultLabels;
 use crate::telemetry::{EventSink, Metrics, Readiness};
 use crate::triggers::PollerFactory;
@@ -106,16 +106,18 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             StateStore::start(client.clone(), &namespace, &options.state_config_map);
         (Some(store), Some(writer))
     };
+    let requests = RequestLimit::default();
     let events = (!options.dry_run).then(|| {
         EventSink::new(
             client.clone(),
             &namespace,
             &options.identity,
             metrics.clone(),
+            requests.clone(),
         )
     });
     let shared = Arc::new(Shared {
-        targets: Targets::new(client.clone(), namespace.clone()),
+        targets: Targets::new(client.clone(), namespace.clone(), requests),
         clock: Arc::new(SystemClock),
         dry_run: options.dry_run,
         metrics: metrics.clone(),

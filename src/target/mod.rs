@@ -7,6 +7,7 @@
 mod cache;
 mod error;
 mod hpa;
+mod limit;
 mod resolve;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use kube::Client;
 pub use cache::WatchCache;
 pub use error::TargetError;
 pub use hpa::competing_hpa;
+pub use limit::{RequestLimit, MAX_CONCURRENT_REQUESTS};
 pub use resolve::Resolver;
 
 use crate::config::TargetRef;
@@ -47,10 +49,13 @@ pub struct Targets {
     resolver: Resolver,
     cache: WatchCache,
     field_manager: String,
+    limit: RequestLimit,
 }
 
 impl Targets {
-    pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+    /// `limit` is shared with everything else that sends requests (Events), so the bound holds
+    /// for the agent as a whole.
+    pub fn new(client: Client, namespace: impl Into<String>, limit: RequestLimit) -> Self {
         let namespace = namespace.into();
         Targets {
             resolver: Resolver::new(client.clone()),
@@ -58,6 +63,7 @@ impl Targets {
             client,
             namespace,
             field_manager: "qscale".to_string(),
+            limit,
         }
     }
 
@@ -111,8 +117,14 @@ impl Targets {
     async fn read_scale_once(&self, target: &TargetRef) -> Result<TargetState, TargetError> {
         let api = self.api(target).await?;
         let what = target.display();
-        let meta = with_timeout(api.get_metadata(&target.name), &what).await?;
-        let scale = with_timeout(api.get_scale(&target.name), &what).await;
+        let meta = self
+            .limit
+            .run(with_timeout(api.get_metadata(&target.name), &what))
+            .await?;
+        let scale = self
+            .limit
+            .run(with_timeout(api.get_scale(&target.name), &what))
+            .await;
         let scale = match scale {
             Err(TargetError::NotFound(_)) => {
                 // The object exists (its metadata was just read): its kind has no /scale.
@@ -144,12 +156,13 @@ impl Targets {
             ..params
         };
         let attempt = || async {
-            with_timeout(
-                api.patch_scale(&target.name, &params, &Patch::Merge(&patch)),
-                &what,
-            )
-            .await
-            .map(|_| ())
+            self.limit
+                .run(with_timeout(
+                    api.patch_scale(&target.name, &params, &Patch::Merge(&patch)),
+                    &what,
+                ))
+                .await
+                .map(|_| ())
         };
         attempt
             .retry(retry_policy())

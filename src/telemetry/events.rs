@@ -14,6 +14,7 @@ use kube::Client;
 
 use super::metrics::{Metrics, RuleLabels};
 use crate::config::TargetRef;
+use crate::target::RequestLimit;
 
 /// Burst of events a rule may send at once.
 const BURST: f64 = 5.0;
@@ -66,16 +67,26 @@ pub struct EventSink {
     instance: String,
     metrics: Arc<Metrics>,
     memory: Arc<Mutex<Memory>>,
+    limit: RequestLimit,
 }
 
 impl EventSink {
-    pub fn new(client: Client, namespace: &str, instance: &str, metrics: Arc<Metrics>) -> Self {
+    /// `limit` is the agent's shared bound on API requests: a rescale of many rules at once
+    /// posts as many Events, and they must not open a connection each.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        instance: &str,
+        metrics: Arc<Metrics>,
+        limit: RequestLimit,
+    ) -> Self {
         EventSink {
             client,
             namespace: namespace.to_string(),
             instance: instance.to_string(),
             metrics,
             memory: Arc::default(),
+            limit,
         }
     }
 
@@ -97,8 +108,8 @@ impl EventSink {
         };
         let sink = self.clone();
         tokio::spawn(async move {
-            let call = sink.send(&notice, plan);
-            match tokio::time::timeout(crate::target::API_TIMEOUT, call).await {
+            let call = tokio::time::timeout(crate::target::API_TIMEOUT, sink.send(&notice, plan));
+            match sink.limit.run(call).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(rule = %notice.rule, reason = notice.reason, %error, "cannot publish event")

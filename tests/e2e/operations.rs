@@ -172,7 +172,13 @@ async fn fifty_flaps_in_a_minute_give_a_bounded_number_of_events() {
     kube.create_deployment(ns, "flappy", 1);
     let client = kube.client(ns).await;
     let metrics = Arc::new(qscale::telemetry::Metrics::new());
-    let sink = qscale::telemetry::EventSink::new(client, ns, "test", metrics.clone());
+    let sink = qscale::telemetry::EventSink::new(
+        client,
+        ns,
+        "test",
+        metrics.clone(),
+        qscale::target::RequestLimit::default(),
+    );
     let target = qscale::config::TargetRef {
         kind: "Deployment".into(),
         name: "flappy".into(),
