@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use backon::{ExponentialBuilder, Retryable};
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 
 use crate::telemetry::Readiness;
@@ -62,33 +62,76 @@ pub fn elect(
                 // taking the lease.
                 .build()
         };
-        let manager = build
-            .retry(
-                ExponentialBuilder::default()
-                    .with_max_delay(Duration::from_secs(30))
-                    .without_max_times(),
-            )
-            .notify(|error, delay| {
-                tracing::warn!(%error, ?delay, "cannot set up the leader election lease; retrying");
-            })
-            .await;
-        let Ok(manager) = manager else { return };
-        // The Lease was read or created: the API server is reachable, and a standby is ready.
-        readiness.api_reached.store(true, Ordering::Relaxed);
-        let (mut leading, _task) = manager.watch().await;
-        // Forward the crate's flag; when this replica stops listening, the election ends.
+        // Set-up is retried forever, but never slower than a lease duration: a replica that
+        // stepped down must be able to take over again soon after the API server answers.
+        let setup_backoff = ExponentialBuilder::default()
+            .with_max_delay(options.lease_duration.min(Duration::from_secs(30)))
+            .without_max_times();
         loop {
-            let value = *leading.borrow_and_update();
-            if tx.send(value).is_err() {
-                break;
-            }
-            if leading.changed().await.is_err() {
-                let _ = tx.send(false);
-                break;
+            let manager = build
+                .retry(setup_backoff)
+                .notify(|error, delay| {
+                    tracing::warn!(%error, ?delay, "cannot set up the leader election lease; retrying");
+                })
+                .await;
+            let Ok(manager) = manager else { return };
+            // The Lease was read or created: the API server is reachable, and a standby is
+            // ready.
+            readiness.api_reached.store(true, Ordering::Relaxed);
+            match follow(&manager, &tx).await {
+                Followed::Unwanted => {
+                    // Nobody listens any more (shutdown): hand the lease over now instead of
+                    // letting the standby wait for it to expire.
+                    let _ = manager.release().await;
+                    return;
+                }
+                Followed::Failed(error) => {
+                    // The crate tries to renew at the renew deadline; an error there means the
+                    // lease cannot be confirmed and will expire while another replica may take
+                    // it. Stop writing now, as client-go does past its renew deadline, and start
+                    // over with a fresh manager, which finds out whether this replica still
+                    // holds the lease.
+                    if *tx.borrow() {
+                        tracing::warn!(%error, "cannot renew the lease: stepping down");
+                    } else {
+                        tracing::warn!(%error, "leader election failed; retrying");
+                    }
+                    if tx.send(false).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     });
     Ok(rx)
+}
+
+enum Followed {
+    /// Every receiver is gone.
+    Unwanted,
+    /// Talking to the API server about the Lease failed.
+    Failed(kube_lease_manager::LeaseManagerError),
+}
+
+/// Runs the election step by step, forwarding each change of leadership to `tx`, until nobody
+/// listens or a step fails. Unlike the crate's `watch()`, which backs off and retries with its
+/// flag still set, a failed step is seen here, so losing the lease stops writes at once.
+async fn follow(manager: &LeaseManager, tx: &watch::Sender<bool>) -> Followed {
+    loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => return Followed::Unwanted,
+            step = manager.changed() => match step {
+                Ok(leading) => {
+                    if tx.send(leading).is_err() {
+                        return Followed::Unwanted;
+                    }
+                }
+                Err(error) => return Followed::Failed(error),
+            },
+        }
+    }
 }
 
 /// A flag that is always true: the single-replica mode.

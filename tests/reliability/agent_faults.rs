@@ -1,5 +1,6 @@
 //! The agent itself failing: SIGTERM in the middle of a `/scale` write, the leader killed in the
-//! middle of a rescale, SIGKILL inside a cooldown when the memory could not be persisted.
+//! middle of a rescale, a leader that can no longer renew its Lease, SIGKILL inside a cooldown
+//! when the memory could not be persisted.
 //!
 //! SIGKILL inside a cooldown with the memory persisted (the restart holds the count until the
 //! cooldown has passed) is covered by
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{converge, Kube, Qscale, Queues, Recorder, DEPLOYMENT, NS};
+use crate::harness::{converge, metric, Kube, Qscale, Queues, Recorder, DEPLOYMENT, NS};
 use crate::support::fake_kube::RecordedRequest;
 use crate::support::{always, eventually};
 
@@ -185,6 +186,64 @@ async fn leader_killed_during_a_rescale_the_new_leader_does_not_write_twice() {
     assert_eq!(written(&kube, name), vec![3, 7], "{}", standby.tail());
     recorder.assert_within(name, 0, 8);
     standby.assert_no_panic();
+    kube.assert_least_privilege();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_its_lease_stops_writing_before_it_expires() {
+    let name = "cut-off";
+    let queues = Queues::start(&[name]).await;
+    let kube = Kube::start().await;
+    kube.create_deployment(NS, name, 0);
+    let recorder = Recorder::start(&kube, DEPLOYMENT, &[name]);
+    let rules = queues.rules("", "");
+    let mut agent = Qscale::start(
+        &kube,
+        &rules,
+        &[
+            "--leader-elect",
+            "--lease-duration",
+            "4s",
+            "--renew-deadline",
+            "3s",
+            "--identity",
+            "only",
+        ],
+    );
+    queues.send(name, 15).await;
+    converge(&agent, &kube, name, 3, Duration::from_secs(20)).await;
+    let leading = |agent: &Qscale| metric(&agent.metrics(), "qscale_leader", &[]);
+    assert_eq!(leading(&agent), Some(1.0), "{}", agent.tail());
+
+    // Every Lease request fails from now on: the next renewal (3 s after the last one at the
+    // latest) fails, and the lease would expire a second later.
+    let cut_at = Instant::now();
+    kube.fail_next(
+        |r: &RecordedRequest| r.path.contains("/leases"),
+        usize::MAX,
+        500,
+    );
+    let stepped_down = eventually(Duration::from_secs(10), || leading(&agent) == Some(0.0)).await;
+    assert!(stepped_down.is_some(), "still leading\n{}", agent.tail());
+    assert!(
+        cut_at.elapsed() <= Duration::from_secs(4),
+        "stepped down {:?} after the lease became unreachable, past its expiry",
+        cut_at.elapsed()
+    );
+    // Not leading: more work arrives, and nothing is written.
+    let before = written(&kube, name);
+    queues.send(name, 20).await;
+    let held = always(Duration::from_secs(5), || kube.replicas_of(name) == 3).await;
+    assert!(held, "a replica without the lease wrote\n{}", agent.tail());
+    assert_eq!(written(&kube, name), before);
+    assert!(agent.is_running(), "{}", agent.tail());
+
+    // The Lease answers again: this replica leads again and catches up.
+    kube.clear_faults();
+    converge(&agent, &kube, name, 7, Duration::from_secs(30)).await;
+    assert_eq!(leading(&agent), Some(1.0), "{}", agent.tail());
+    recorder.assert_within(name, 0, 8);
+    agent.assert_no_panic();
     kube.assert_least_privilege();
 }
 
