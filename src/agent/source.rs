@@ -53,8 +53,12 @@ pub fn watch_file(
 ) -> notify::Result<notify::RecommendedWatcher> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = events_tx.send(());
+        // Reading the file ourselves raises access events (open, close-after-read); counting
+        // them as edits would re-read the file every DEBOUNCE, forever.
+        if let Ok(event) = event {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                let _ = events_tx.send(());
+            }
         }
     })?;
     let dir = path

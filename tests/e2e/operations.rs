@@ -215,6 +215,60 @@ async fn fifty_flaps_in_a_minute_give_a_bounded_number_of_events() {
         .contains("qscale_events_suppressed_total{rule=\"flappy\"} 45"));
 }
 
+/// The rules-file watcher must rest between edits: reading the file raises access events of
+/// its own, and counting those as edits made the agent re-read it 4 times a second forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_does_not_keep_reading_its_rules_file() {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let moto = Moto::start();
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    kube.create_deployment(ns, "resting", 0);
+    let queue = moto.create_queue("resting").await;
+    let agent = Agent::start_in(
+        &rule("resting", &queue, &moto.endpoint(), 5, ""),
+        &kube,
+        &[],
+    );
+    let ready = eventually(Duration::from_secs(10), || {
+        agent.admin_get("/readyz").map(|r| r.0) == Some(200)
+    })
+    .await;
+    assert!(ready.is_some(), "{}", agent.logs());
+
+    // Opens of the rules file by anyone (only the agent touches it) over 3 idle seconds.
+    let path = agent.dir.path().join("rules.toml");
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opens.clone();
+    let watched = path.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(event.kind, EventKind::Access(_)) && event.paths.contains(&watched) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    })
+    .expect("watcher");
+    watcher
+        .watch(agent.dir.path(), RecursiveMode::NonRecursive)
+        .expect("watch");
+    // The watcher sees its own reads too: one read here proves it is live.
+    std::fs::read(&path).expect("read rules");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = opens.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        seen >= 1,
+        "the test's own read was not seen: the check is blind"
+    );
+    // The test's read itself: an open and a close. A watcher that re-read the file would add
+    // two events per re-read, a dozen at least in 3 s.
+    assert!(
+        seen <= 4,
+        "{seen} access events on the rules file in 3 idle seconds\n{}",
+        agent.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_edits_apply_within_seconds_and_a_broken_edit_keeps_the_old_rules() {
     let moto = Moto::start();
