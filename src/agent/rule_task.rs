@@ -99,6 +99,14 @@ impl RuleTask {
                     })
                     .inc();
                 warn!(rule = %self.rule.name, target = %self.rule.target.display(), %error, "cannot read target");
+                if error.is_answer() {
+                    // The API server answered (the target is missing, or has no /scale): the
+                    // agent is connected; that rule waits for its target.
+                    shared
+                        .readiness
+                        .api_reached
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 return;
             }
         };

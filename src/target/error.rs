@@ -42,6 +42,17 @@ impl TargetError {
         }
     }
 
+    /// The API server answered and the answer was about the target itself, not about the
+    /// connection or the server's health.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            TargetError::NotFound(_)
+                | TargetError::NoScaleSubresource(_)
+                | TargetError::UnknownKind(_)
+        )
+    }
+
     /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
