@@ -62,9 +62,8 @@ impl StateStore {
         let mut memories = HashMap::new();
         for (rule, text) in data {
             match serde_json::from_str::<Memory>(&text) {
-                Ok(mut memory) => {
-                    memory.last_active_at = memory.last_active_at.max(Some(now));
-                    memories.insert(rule, memory);
+                Ok(memory) => {
+                    memories.insert(rule, memory.resumed(now));
                 }
                 Err(error) => {
                     tracing::warn!(%rule, %error, "ignoring unreadable stored memory");

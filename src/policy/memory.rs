@@ -92,6 +92,28 @@ impl Memory {
     }
 }
 
+impl Memory {
+    /// The memory a restarted agent goes on with, read back from storage at `now`.
+    ///
+    /// Storage is written on scale events and fallback transitions only (so that a steady
+    /// state costs no API requests), so the recommendations and the last activity made between
+    /// the last save and the restart are lost. The restart cannot tell a demand that stopped
+    /// right after the save from one that lasted until `now`, so it assumes the latter: the
+    /// highest recommendation of the scale-down window, and the last activity, are taken as
+    /// seen at `now`. A restart can then delay a scale-down by up to one window, but never
+    /// bring one forward.
+    pub fn resumed(mut self, now: Timestamp) -> Memory {
+        if let Some(highest) = self.down_window.first().copied() {
+            self.down_window = vec![Recommendation {
+                at: highest.at.max(now),
+                replicas: highest.replicas,
+            }];
+        }
+        self.last_active_at = self.last_active_at.max(Some(now));
+        self
+    }
+}
+
 /// Pushes `rec`, first dropping newer-side entries that `rec` dominates.
 fn push_monotonic(
     window: &mut Vec<Recommendation>,

@@ -371,3 +371,25 @@ fn by_default_a_step_down_waits_for_a_cooldown_of_lower_demand() {
     let down = run(&r, 10.0, 8, &held.memory, 3800 + 301);
     assert_eq!(down.desired_replicas, 2);
 }
+
+#[test]
+fn a_restart_never_brings_a_scale_down_forward() {
+    // Scaled up to 4 at t=0 (that memory was saved); the load lasted until t=250, which only
+    // the lost in-process memory knew; the agent restarts at t=260 and the queue is empty.
+    let r = rule("");
+    let saved = run(&r, 20.0, 0, &settled(), 3600).memory;
+    let mut lived = saved.clone();
+    for secs in (3610..=3850).step_by(10) {
+        lived = run(&r, 20.0, 4, &lived, secs).memory;
+    }
+    // Without the restart, the scale-down window (5 m) holds 4 until 300 s after the load.
+    assert_eq!(run(&r, 0.0, 4, &lived, 3910).desired_replicas, 4);
+    assert_eq!(run(&r, 0.0, 4, &lived, 4151).desired_replicas, 0);
+
+    // After the restart, the stored memory alone would allow it at 3900 (the cooldown's end),
+    // 250 s early; resumed, it waits one window from the restart.
+    let restarted = saved.resumed(at(3860));
+    assert_eq!(run(&r, 0.0, 4, &restarted, 3910).desired_replicas, 4);
+    assert_eq!(run(&r, 0.0, 4, &restarted, 4150).desired_replicas, 4);
+    assert_eq!(run(&r, 0.0, 4, &restarted, 4161).desired_replicas, 0);
+}
