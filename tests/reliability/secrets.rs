@@ -304,8 +304,16 @@ async fn no_secret_in_logs_metrics_events_or_errors_whatever_fails() {
         server.set_value(60.0);
     }
     std::fs::remove_file(&token_file).expect("remove the token file");
-    // Enough 500s for writes to fail after every retry, then 401s and 403s.
-    kube.fail_next(on("PATCH", "/scale"), 12, 500);
+    // 500s for one rule's writes, enough for two of them to fail after every retry (five
+    // attempts each; shared by every rule that writes, they could all end in a success); then
+    // 401s and 403s for any rule.
+    kube.fail_next(
+        |r: &crate::support::fake_kube::RecordedRequest| {
+            r.is_scale_write() && r.path.ends_with("/prom-basic/scale")
+        },
+        10,
+        500,
+    );
     kube.fail_next(on("PATCH", "/scale"), 4, 401);
     kube.fail_next(on("PATCH", "/scale"), 4, 403);
     tokio::time::sleep(Duration::from_secs(6)).await;
