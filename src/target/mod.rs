@@ -140,7 +140,8 @@ impl Targets {
         ))
     }
 
-    /// Sets `spec.replicas` through `/scale` with a merge patch. Conflicts, throttling, timeouts
+    /// Sets `spec.replicas` through `/scale` with a merge patch. A conflict is followed by a
+    /// fresh read (done if the target already has the count); conflicts, throttling, timeouts
     /// and 5xx are retried a few times with backoff within the call; anything else is returned.
     pub async fn write_replicas(
         &self,
@@ -156,13 +157,25 @@ impl Targets {
             ..params
         };
         let attempt = || async {
-            self.limit
+            let written = self
+                .limit
                 .run(with_timeout(
                     api.patch_scale(&target.name, &params, &Patch::Merge(&patch)),
                     &what,
                 ))
                 .await
-                .map(|_| ())
+                .map(|_| ());
+            match written {
+                Err(TargetError::Conflict(_)) => {
+                    // Someone else wrote first: read afresh, and when the target already has
+                    // the count there is nothing left to write; otherwise retry the write.
+                    match self.read_scale_once(target).await {
+                        Ok(fresh) if fresh.current_replicas == replicas => Ok(()),
+                        _ => Err(TargetError::Conflict(what.clone())),
+                    }
+                }
+                other => other,
+            }
         };
         attempt
             .retry(retry_policy())

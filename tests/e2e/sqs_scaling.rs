@@ -295,7 +295,9 @@ async fn api_errors_are_retried_and_no_write_happens_without_a_change() {
         agent.logs()
     );
 
-    // A 409 on the patch is retried.
+    // A 409 on the patch is retried after a fresh read (the GET storm's leftovers cleared
+    // first, so that read can succeed).
+    fake.clear_faults();
     fake.fail_next(on("PATCH", "/scale"), 1, 409);
     moto.send(&queue, 10).await;
     let retried = eventually(Duration::from_secs(10), || {
@@ -307,6 +309,23 @@ async fn api_errors_are_retried_and_no_write_happens_without_a_change() {
     assert!(
         statuses.contains(&409) && statuses.last() == Some(&200),
         "{statuses:?}"
+    );
+    let log = fake.requests();
+    let conflict = log
+        .iter()
+        .position(|r| r.is_scale_write() && r.status == 409);
+    let after: Vec<String> = log[conflict.map_or(log.len(), |at| at + 1)..]
+        .iter()
+        .filter(|r| r.path.contains("/sturdy"))
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+    let reread = after
+        .iter()
+        .position(|r| r.starts_with("GET ") && r.contains("/sturdy/scale"));
+    let rewritten = after.iter().position(|r| r.starts_with("PATCH "));
+    assert!(
+        reread.is_some() && reread < rewritten,
+        "no fresh read of /scale between the 409 and the retried write: {after:?}"
     );
 }
 
