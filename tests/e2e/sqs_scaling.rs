@@ -380,3 +380,67 @@ async fn sigterm_stops_within_a_second() {
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+/// Which of a queue's counts make its depth: visible always, in flight by default
+/// (`include_in_flight`), delayed only when asked (`include_delayed`). Four rules read one queue
+/// holding 1 visible, 2 in-flight and 4 delayed messages, one replica per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_and_delayed_messages_count_as_configured() {
+    let moto = Moto::start();
+    let kube = Cluster::start().await;
+    let ns = kube.namespace();
+    let queue = moto.create_queue("counted").await;
+    moto.send(&queue, 3).await;
+    assert_eq!(
+        moto.receive(&queue, 2).await.len(),
+        2,
+        "two messages in flight"
+    );
+    let client = moto.client();
+    for n in 0..4 {
+        client
+            .send_message()
+            .queue_url(&queue)
+            .message_body(format!("later {n}"))
+            .delay_seconds(900)
+            .send()
+            .await
+            .expect("send a delayed message");
+    }
+    let cases = [
+        ("counted-default", "", 3),
+        ("counted-visible", "include_in_flight = false\n", 1),
+        ("counted-all", "include_delayed = true\n", 7),
+        (
+            "counted-no-flight",
+            "include_in_flight = false\ninclude_delayed = true\n",
+            5,
+        ),
+    ];
+    let mut rules = String::new();
+    for (name, trigger_extra, _) in &cases {
+        kube.create_deployment(ns, name, 0);
+        // The trigger table comes last in a rule, so these keys land in it.
+        rules.push_str(
+            &rule(name, "Deployment", &queue, &moto.endpoint(), "")
+                .replace("target_per_replica = 5", "target_per_replica = 1"),
+        );
+        rules.push_str(trigger_extra);
+    }
+    let agent = Agent::start_in(&rules, &kube, &[]);
+    let all = eventually(Duration::from_secs(30), || {
+        cases
+            .iter()
+            .all(|(name, _, want)| replicas(&kube, "Deployment", name) == *want)
+    })
+    .await;
+    let seen: Vec<(&str, i32, i32)> = cases
+        .iter()
+        .map(|(name, _, want)| (*name, replicas(&kube, "Deployment", name), *want))
+        .collect();
+    assert!(
+        all.is_some(),
+        "(rule, replicas, expected): {seen:?}\n{}",
+        agent.logs()
+    );
+}
