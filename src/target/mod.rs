@@ -166,12 +166,12 @@ impl Targets {
                 .await
                 .map(|_| ());
             match written {
-                Err(TargetError::Conflict(_)) => {
+                Err(conflict @ TargetError::Conflict(_)) => {
                     // Someone else wrote first: read afresh, and when the target already has
                     // the count there is nothing left to write; otherwise retry the write.
                     match self.read_scale_once(target).await {
                         Ok(fresh) if fresh.current_replicas == replicas => Ok(()),
-                        _ => Err(TargetError::Conflict(what.clone())),
+                        _ => Err(conflict),
                     }
                 }
                 other => other,

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{converge, metric, Kube, Qscale, Queues, Recorder, DEPLOYMENT, NS};
+use crate::harness::{
+    converge, metric, Kube, Qscale, Queues, Recorder, DEPLOYMENT, NS, SHORT_LEASE,
+};
 use crate::support::fake_kube::RecordedRequest;
 use crate::support::{always, eventually};
 
@@ -127,13 +129,7 @@ async fn leader_killed_during_a_rescale_the_new_leader_does_not_write_twice() {
     kube.create_deployment(NS, name, 0);
     let recorder = Recorder::start(&kube, DEPLOYMENT, &[name]);
     let rules = queues.rules("", "");
-    let lease = [
-        "--leader-elect",
-        "--lease-duration",
-        "4s",
-        "--renew-deadline",
-        "3s",
-    ];
+    let lease = SHORT_LEASE;
     let first = Qscale::start(
         &kube,
         &rules,
@@ -200,15 +196,7 @@ async fn a_leader_that_cannot_renew_its_lease_stops_writing_before_it_expires() 
     let mut agent = Qscale::start(
         &kube,
         &rules,
-        &[
-            "--leader-elect",
-            "--lease-duration",
-            "4s",
-            "--renew-deadline",
-            "3s",
-            "--identity",
-            "only",
-        ],
+        &[&SHORT_LEASE[..], &["--identity", "only"]].concat(),
     );
     queues.send(name, 15).await;
     converge(&agent, &kube, name, 3, Duration::from_secs(20)).await;

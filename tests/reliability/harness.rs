@@ -69,6 +69,15 @@ impl std::ops::Deref for Kube {
     }
 }
 
+/// Leader election with a short lease (4 s, renewed within 3 s), so handovers fit in a test.
+pub const SHORT_LEASE: [&str; 5] = [
+    "--leader-elect",
+    "--lease-duration",
+    "4s",
+    "--renew-deadline",
+    "3s",
+];
+
 impl Kube {
     pub async fn start() -> Kube {
         Self::start_with_grants(Vec::new()).await

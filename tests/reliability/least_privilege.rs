@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{metric, prometheus_rule, sqs_rule, Kube, Launch, Qscale, Queues, NS};
+use crate::harness::{
+    metric, prometheus_rule, sqs_rule, Kube, Launch, Qscale, Queues, NS, SHORT_LEASE,
+};
 use crate::support::eventually;
 use crate::support::fake_kube::on;
 use crate::support::fake_prometheus::{FakePrometheus, PromFault};
@@ -19,19 +21,14 @@ const KEY: &str = "rules.toml";
 fn agent(kube: &Kube, identity: &str) -> Qscale {
     let mut launch = Launch::rules("");
     launch.rules = None;
-    let launch = launch.args(&[
+    let config_map = format!("{RULES}/{KEY}");
+    let source = [
         "--config-map",
-        &format!("{RULES}/{KEY}"),
+        config_map.as_str(),
         "--state-config-map",
         "qscale-state",
-        "--leader-elect",
-        "--lease-duration",
-        "4s",
-        "--renew-deadline",
-        "3s",
-        "--identity",
-        identity,
-    ]);
+    ];
+    let launch = launch.args(&[&source[..], &SHORT_LEASE[..], &["--identity", identity]].concat());
     Qscale::launch(kube, launch)
 }
 
