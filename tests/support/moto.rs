@@ -3,6 +3,11 @@
 //! The server runs under a small shell wrapper that kills it when this test process's end of
 //! its stdin pipe closes, so a crashed or finished test binary never leaves moto behind.
 
+// Each includer has its own copy, on purpose: its own lane of ports (see ports.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "ports.rs"]
+mod ports;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,11 +36,10 @@ fn moto_binary() -> PathBuf {
     PathBuf::from("moto_server")
 }
 
+/// A free port for a server a test starts (see `ports.rs`; Prometheus' helpers use the other
+/// lane).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    ports::free_port(0)
 }
 
 impl Moto {

@@ -8,6 +8,11 @@
 //! unless `QSCALE_SKIP_PROMETHEUS=1`, in which case they print a note and return `None`.
 #![allow(dead_code)]
 
+// Each includer has its own copy, on purpose: its own lane of ports (see ports.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "ports.rs"]
+mod ports;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -33,11 +38,9 @@ pub fn pushgateway_binary() -> PathBuf {
 /// How long a server may take to answer `/-/ready` (2 slow cores, many tests at once).
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
+/// A free port for a server a test starts (see `ports.rs`; moto's helpers use the other lane).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    ports::free_port(1)
 }
 
 /// Whether a required tool is there: `true` if so, `false` (with a note) if it is missing and
