@@ -13,6 +13,7 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_credential_types::Credentials;
 use tokio::sync::OnceCell;
 
+use super::error::error_chain;
 use super::TriggerError;
 
 /// Refresh cached credentials this long before they expire.
@@ -100,7 +101,7 @@ impl AwsContext {
         let credentials = provider
             .provide_credentials()
             .await
-            .map_err(|e| TriggerError::Credentials(describe_credentials_error(&e)))?;
+            .map_err(|e| TriggerError::Credentials(error_chain(&e)))?;
         if let Ok(mut cached) = self.inner.cached.lock() {
             cached.insert(identity.clone(), credentials.clone());
         }
@@ -115,19 +116,4 @@ impl AwsContext {
             _ => Some(credentials.clone()),
         }
     }
-}
-
-/// The provider error's own words, which name the source that failed but never a secret.
-fn describe_credentials_error(
-    error: &aws_credential_types::provider::error::CredentialsError,
-) -> String {
-    use std::error::Error as _;
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

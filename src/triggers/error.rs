@@ -62,3 +62,18 @@ impl TriggerError {
         "other",
     ];
 }
+
+/// An error and its causes, each said once: what an HTTP or credentials library failed on
+/// (the endpoint, the cause), which never includes a header or a credential.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if !text.is_empty() && !parts.iter().any(|seen| seen.contains(&text)) {
+            parts.push(text);
+        }
+        current = error.source();
+    }
+    parts.join(": ")
+}

@@ -4,10 +4,11 @@
 //! `Sample::Failed`, never into zero.
 
 pub mod aws;
-mod error;
+pub(crate) mod error;
 mod poller;
 pub mod prometheus;
 mod shared;
+mod sigv4;
 pub mod sqs;
 
 pub use error::TriggerError;

@@ -77,7 +77,8 @@ impl PollerFactory {
                         source.clone()
                     }
                     None => {
-                        let poller = SqsPoller::new(&key, &self.sqs_clients, &self.aws).await;
+                        let poller =
+                            SqsPoller::new(&key, &self.sqs_clients, &self.http, &self.aws).await;
                         let source = Arc::new((poller, SharedReading::new(interval)));
                         sources.insert(key, source.clone());
                         source

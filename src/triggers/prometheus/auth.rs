@@ -6,15 +6,13 @@
 //! scrubbed from any server text quoted in an error.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Url};
 
 use crate::config::{PrometheusAuth, SigV4};
 use crate::triggers::aws::{AwsContext, AwsIdentity};
+use crate::triggers::sigv4::{sensitive_header, sign_request};
 use crate::triggers::TriggerError;
 
 /// How each request is authenticated.
@@ -220,20 +218,6 @@ impl SigV4Signer {
         secrets: &mut Secrets,
     ) -> Result<RequestBuilder, TriggerError> {
         let credentials = self.aws.credentials(&self.identity).await?;
-        secrets.add(credentials.secret_access_key());
-        if let Some(token) = credentials.session_token() {
-            secrets.add(token);
-        }
-        let identity = credentials.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name(&self.service)
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| TriggerError::Config(format!("aws_sigv4: {e}")))?
-            .into();
         let mut headers = Vec::with_capacity(parts.headers.len());
         for (name, value) in parts.headers {
             let value = value.to_str().map_err(|_| {
@@ -243,21 +227,19 @@ impl SigV4Signer {
             })?;
             headers.push((name.as_str(), value));
         }
-        let signable = SignableRequest::new(
+        let signature = sign_request(
+            credentials,
+            &self.region,
+            &self.service,
             parts.method.as_str(),
             parts.url.as_str(),
             headers.into_iter(),
-            SignableBody::Bytes(parts.body),
-        )
-        .map_err(|e| TriggerError::Config(format!("aws_sigv4: cannot sign the request: {e}")))?;
-        let (instructions, signature) = sign(signable, &params)
-            .map_err(|e| TriggerError::Credentials(format!("aws_sigv4: signing failed: {e}")))?
-            .into_parts();
-        secrets.add(&signature);
-        for (name, value) in instructions.headers() {
-            let value = sensitive_header(value).ok_or_else(|| {
-                TriggerError::Credentials(format!("aws_sigv4: header {name} is not valid"))
-            })?;
+            parts.body,
+        )?;
+        for secret in &signature.secrets {
+            secrets.add(secret);
+        }
+        for (name, value) in signature.headers {
             request = request.header(name, value);
         }
         Ok(request)
@@ -295,13 +277,6 @@ fn read_env_secret(var: &str) -> Result<String, TriggerError> {
             "basic_auth.password_env {var} is not valid UTF-8"
         ))),
     }
-}
-
-/// A header value marked sensitive, so hyper never writes it in its own debug output.
-fn sensitive_header(text: &str) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(text).ok()?;
-    value.set_sensitive(true);
-    Some(value)
 }
 
 #[cfg(test)]

@@ -179,20 +179,7 @@ fn find_tls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls:
     None
 }
 
-/// The error and its causes on one line, each distinct message once (reqwest and hyper often
-/// repeat their cause in their own text).
-pub(super) fn describe(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(error) = current {
-        let text = error.to_string();
-        if !text.is_empty() && !parts.iter().any(|seen| seen.contains(&text)) {
-            parts.push(text);
-        }
-        current = error.source();
-    }
-    parts.join(": ")
-}
+pub(super) use crate::triggers::error::error_chain as describe;
 
 #[cfg(test)]
 mod tests {

@@ -1,23 +1,22 @@
 //! SQS trigger: one `GetQueueAttributes` call per poll. The call always asks for the visible,
 //! in-flight and delayed counts, so triggers that count differently can still share it.
 
+mod call;
+mod errors;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_sqs::Client;
 use tokio::sync::OnceCell;
 
 use super::aws::{AwsContext, AwsIdentity};
+use super::prometheus::HttpClients;
 use super::TriggerError;
-use crate::config::SqsTrigger;
-
-const ATTRIBUTES: [QueueAttributeName; 3] = [
-    QueueAttributeName::ApproximateNumberOfMessages,
-    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-];
+use crate::config::{SqsTrigger, TlsSettings};
+use call::Endpoint;
 
 /// A queue's message counts at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,25 +66,35 @@ impl From<&SqsTrigger> for SqsSource {
 
 /// Reads one queue's counts.
 pub struct SqsPoller {
-    client: Client,
+    aws: AwsContext,
+    client: Arc<SqsClient>,
+    http: Result<reqwest::Client, TriggerError>,
     queue: String,
-    /// Resolved once from a queue name; a failed lookup is retried on the next poll.
-    queue_url: OnceCell<String>,
+    /// The request body, which names the queue's URL: made once, after a lookup if the rule
+    /// gives a queue name (a failed lookup is retried on the next poll).
+    body: OnceCell<String>,
     timeout: Duration,
 }
 
-/// SQS clients, one per (identity, endpoint), shared by every queue they read: a client owns a
-/// connection pool, and a thousand queues must not mean a thousand pools.
+/// What every queue read with one (identity, endpoint) shares: the SDK client (for
+/// `GetQueueUrl`) and where `GetQueueAttributes` goes, as the SDK's resolver says.
+struct SqsClient {
+    sdk: Client,
+    endpoint: Result<Endpoint, TriggerError>,
+}
+
+/// SQS clients, one per (identity, endpoint), shared by every queue they read: a thousand
+/// queues must not mean a thousand clients and pools.
 #[derive(Clone, Default)]
 pub struct SqsClients {
-    clients: std::sync::Arc<tokio::sync::Mutex<HashMap<ClientKey, Client>>>,
+    clients: Arc<tokio::sync::Mutex<HashMap<ClientKey, Arc<SqsClient>>>>,
 }
 
 /// Who calls, and which endpoint.
 type ClientKey = (AwsIdentity, Option<String>);
 
 impl SqsClients {
-    pub async fn get(&self, spec: &SqsSource, aws: &AwsContext) -> Client {
+    async fn get(&self, spec: &SqsSource, aws: &AwsContext) -> Arc<SqsClient> {
         let identity = AwsIdentity {
             region: spec.region.clone(),
             role_arn: spec.role_arn.clone(),
@@ -101,140 +110,114 @@ impl SqsClients {
         if let Some(endpoint) = &spec.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        let client = Client::from_conf(config.build());
+        let region = sdk_config.region().map(|r| r.to_string());
+        let endpoint_url = spec
+            .endpoint
+            .clone()
+            .or_else(|| sdk_config.endpoint_url().map(str::to_string));
+        let endpoint = resolve_endpoint(
+            region,
+            endpoint_url,
+            sdk_config.use_fips().unwrap_or(false),
+            sdk_config.use_dual_stack().unwrap_or(false),
+        )
+        .await
+        .map(|(url, region)| Endpoint {
+            url,
+            region,
+            identity: key.0.clone(),
+        });
+        let client = Arc::new(SqsClient {
+            sdk: Client::from_conf(config.build()),
+            endpoint,
+        });
         clients.insert(key, client.clone());
         client
     }
 }
 
+/// The URL `GetQueueAttributes` is posted to, from the SDK's own endpoint rules (partitions,
+/// FIPS, dual stack, an `endpoint` override), and the region it is signed for.
+async fn resolve_endpoint(
+    region: Option<String>,
+    endpoint: Option<String>,
+    use_fips: bool,
+    use_dual_stack: bool,
+) -> Result<(String, String), TriggerError> {
+    let region = region.ok_or_else(|| {
+        TriggerError::Config(
+            "no AWS region: set `region` on the trigger, or AWS_REGION in the environment".into(),
+        )
+    })?;
+    let mut params = Params::builder()
+        .region(region.clone())
+        .use_fips(use_fips)
+        .use_dual_stack(use_dual_stack);
+    if let Some(endpoint) = endpoint {
+        params = params.endpoint(endpoint);
+    }
+    let params = params
+        .build()
+        .map_err(|e| TriggerError::Config(format!("SQS endpoint: {e}")))?;
+    let resolved = DefaultResolver::new()
+        .resolve_endpoint(&params)
+        .await
+        .map_err(|e| TriggerError::Config(format!("SQS endpoint: {e}")))?;
+    Ok((resolved.url().to_string(), region))
+}
+
 impl SqsPoller {
-    pub async fn new(spec: &SqsSource, clients: &SqsClients, aws: &AwsContext) -> Self {
-        let queue_url = OnceCell::new();
+    pub async fn new(
+        spec: &SqsSource,
+        clients: &SqsClients,
+        http: &HttpClients,
+        aws: &AwsContext,
+    ) -> Self {
+        let body = OnceCell::new();
         if is_url(&spec.queue) {
             // A URL needs no lookup; setting an empty cell cannot fail.
-            let _ = queue_url.set(spec.queue.clone());
+            let _ = body.set(call::body(&spec.queue));
         }
         SqsPoller {
+            aws: aws.clone(),
             client: clients.get(spec, aws).await,
+            http: http.get(&TlsSettings::default()),
             queue: spec.queue.clone(),
-            queue_url,
+            body,
             timeout: spec.timeout,
         }
     }
 
     /// The queue's visible, in-flight and delayed counts.
     pub async fn read(&self) -> Result<QueueCounts, TriggerError> {
-        let url = self
-            .queue_url
-            .get_or_try_init(|| self.resolve_url())
-            .await?
-            .clone();
-        let call = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&url)
-            .set_attribute_names(Some(ATTRIBUTES.to_vec()))
-            .send();
-        let output = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| TriggerError::Timeout(self.timeout))?
-            .map_err(|e| classify(e, &self.queue, self.timeout))?;
-        let values = output.attributes().ok_or_else(|| {
-            TriggerError::BadResponse(format!("queue {}: no attributes in the answer", self.queue))
-        })?;
-        let count = |name: &QueueAttributeName| -> Result<u64, TriggerError> {
-            let raw = values.get(name).ok_or_else(|| {
-                TriggerError::BadResponse(format!("queue {}: attribute {name} missing", self.queue))
-            })?;
-            raw.parse().map_err(|_| {
-                TriggerError::BadResponse(format!(
-                    "queue {}: attribute {name} is {raw:?}, not a count",
-                    self.queue
-                ))
-            })
+        let endpoint = self.client.endpoint.as_ref().map_err(Clone::clone)?;
+        let http = self.http.as_ref().map_err(Clone::clone)?;
+        let read = async {
+            let body = self.body.get_or_try_init(|| self.resolve_url()).await?;
+            call::get_queue_attributes(http, &self.aws, endpoint, &self.queue, body).await
         };
-        Ok(QueueCounts {
-            visible: count(&ATTRIBUTES[0])?,
-            in_flight: count(&ATTRIBUTES[1])?,
-            delayed: count(&ATTRIBUTES[2])?,
-        })
-    }
-
-    async fn resolve_url(&self) -> Result<String, TriggerError> {
-        let call = self.client.get_queue_url().queue_name(&self.queue).send();
-        let output = tokio::time::timeout(self.timeout, call)
+        tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| TriggerError::Timeout(self.timeout))?
-            .map_err(|e| classify(e, &self.queue, self.timeout))?;
-        output.queue_url().map(str::to_string).ok_or_else(|| {
-            TriggerError::BadResponse(format!("queue {}: GetQueueUrl gave no URL", self.queue))
-        })
     }
-}
 
-/// The first paragraph of a service message, cut at any echoed header and bounded in length.
-fn first_paragraph(message: &str) -> String {
-    const MAX: usize = 300;
-    let mut text = message.split("\n\n").next().unwrap_or_default();
-    if let Some(at) = text.to_ascii_lowercase().find("x-amz-") {
-        text = &text[..at];
+    /// Looks the queue's URL up by name, and makes the body that names it.
+    async fn resolve_url(&self) -> Result<String, TriggerError> {
+        let output = self
+            .client
+            .sdk
+            .get_queue_url()
+            .queue_name(&self.queue)
+            .send()
+            .await
+            .map_err(|e| errors::from_sdk(e, &self.queue, self.timeout))?;
+        let url = output.queue_url().ok_or_else(|| {
+            TriggerError::BadResponse(format!("queue {}: GetQueueUrl gave no URL", self.queue))
+        })?;
+        Ok(call::body(url))
     }
-    let mut end = text.len().min(MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].trim().to_string()
 }
 
 fn is_url(queue: &str) -> bool {
     queue.starts_with("https://") || queue.starts_with("http://")
-}
-
-/// Sorts an SDK error into a [`TriggerError`] kind. The SDK's messages name the operation and
-/// the cause; they never carry credentials.
-fn classify<E, R>(error: SdkError<E, R>, queue: &str, timeout: Duration) -> TriggerError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let detail = || format!("queue {queue}: {}", DisplayErrorContext(&error));
-    match &error {
-        SdkError::TimeoutError(_) => TriggerError::Timeout(timeout),
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
-            TriggerError::Timeout(timeout)
-        }
-        SdkError::DispatchFailure(failure) if failure.is_user() || failure.is_other() => {
-            TriggerError::Credentials(detail())
-        }
-        SdkError::DispatchFailure(_) => TriggerError::Network(detail()),
-        SdkError::ConstructionFailure(_) => TriggerError::Config(detail()),
-        SdkError::ResponseError(_) => TriggerError::BadResponse(detail()),
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            // Only the code and the first paragraph of the service's message: a signature
-            // error goes on to echo the canonical request, session token included.
-            let message = service
-                .err()
-                .message()
-                .map(first_paragraph)
-                .unwrap_or_default();
-            let detail = || format!("queue {queue}: {code}: {message}");
-            match code {
-                "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
-                    TriggerError::NotFound(detail())
-                }
-                "AccessDenied"
-                | "AccessDeniedException"
-                | "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "UnrecognizedClientException" => TriggerError::AccessDenied(detail()),
-                "ThrottlingException"
-                | "RequestThrottled"
-                | "Throttling"
-                | "RequestThrottledException" => TriggerError::Throttled(detail()),
-                _ => TriggerError::Other(detail()),
-            }
-        }
-        _ => TriggerError::Other(detail()),
-    }
 }
