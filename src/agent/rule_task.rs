@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::FutureExt;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
@@ -15,11 +16,10 @@ use crate::config::Rule;
 use crate::policy::{self, Decision, Memory, Sample};
 use crate::target::{Observation, Targets};
 use crate::telemetry::events::{Notice, Severity};
-use crate::telemetry::metrics::{
-    DirectionLabels, RuleKindLabels, RuleLabels, TriggerErrorLabels, TriggerLabels,
-};
+use crate::telemetry::metrics::{DirectionLabels, RuleKindLabels, TriggerErrorLabels};
+use crate::telemetry::rule_series::{RuleSeries, TriggerSeries};
 use crate::telemetry::{EventSink, Metrics, Readiness};
-use crate::triggers::TriggerPoller;
+use crate::triggers::{TriggerError, TriggerPoller};
 
 /// After a write, the watch cache may still show the old count for a moment; within this window
 /// the written count is taken as current, so the same decision is never written twice.
@@ -47,6 +47,8 @@ pub struct RuleTask {
     pending_write: Option<(u32, u32, Instant)>,
     /// The HPA last reported as competing, so the warning is not repeated every tick.
     reported_hpa: Option<String>,
+    /// The rule's metric series, looked up on the first tick.
+    series: Option<RuleSeries>,
 }
 
 impl RuleTask {
@@ -57,6 +59,7 @@ impl RuleTask {
             memory,
             pending_write: None,
             reported_hpa: None,
+            series: None,
         }
     }
 
@@ -74,9 +77,11 @@ impl RuleTask {
                 _ = shutdown.wait() => break,
                 _ = ticker.tick() => {}
             }
+            // Boxed: the tick's future (trigger reads, the `/scale` write and its retries) is
+            // several KiB, and held inline it would make every idle task that large.
             tokio::select! {
                 _ = shutdown.wait() => break,
-                _ = self.tick(&shared) => {}
+                _ = self.tick(&shared).boxed() => {}
             }
         }
         debug!(rule = %self.rule.name, "rule task stopped");
@@ -86,7 +91,14 @@ impl RuleTask {
     /// One poll. Never fails: every error is logged and counted, and the next tick tries again.
     pub async fn tick(&mut self, shared: &Shared) {
         let started = Instant::now();
-        let samples = read_samples(&self.rule, &self.pollers, &shared.metrics).await;
+        let series = self.series.get_or_insert_with(|| {
+            let labels: Vec<String> = (0..self.rule.triggers.len())
+                .map(|i| label(&self.rule, i))
+                .collect();
+            RuleSeries::new(&shared.metrics, &self.rule.name, &labels)
+        });
+        let samples =
+            read_samples(&self.rule, &self.pollers, &series.triggers, &shared.metrics).await;
         let observation = match shared.targets.observe(&self.rule.target).await {
             Ok(observation) => observation,
             Err(error) => {
@@ -126,7 +138,7 @@ impl RuleTask {
 
         let now = shared.clock.now();
         let decision = policy::decide(&self.rule, &samples, &state, &self.memory, now);
-        self.export(shared, state.current_replicas, &decision, &observation);
+        self.export(state.current_replicas, &decision, &observation);
         if let Some(hpa) = &observation.competing_hpa {
             self.report_hpa(shared, hpa);
             return;
@@ -140,30 +152,11 @@ impl RuleTask {
         }
     }
 
-    fn export(
-        &self,
-        shared: &Shared,
-        current: u32,
-        decision: &Decision,
-        observation: &Observation,
-    ) {
-        let labels = RuleLabels {
-            rule: self.rule.name.clone(),
-        };
-        let metrics = &shared.metrics;
-        metrics
-            .desired_replicas
-            .get_or_create(&labels)
-            .set(i64::from(decision.desired_replicas));
-        metrics
-            .current_replicas
-            .get_or_create(&labels)
-            .set(i64::from(current));
-        metrics.set_rule_state(
-            &self.rule.name,
-            &decision.status,
-            observation.competing_hpa.is_some(),
-        );
+    fn export(&mut self, current: u32, decision: &Decision, observation: &Observation) {
+        if let Some(series) = &mut self.series {
+            series.set_replicas(decision.desired_replicas, current);
+            series.set_state(&decision.status, observation.competing_hpa.is_some());
+        }
     }
 
     fn report_hpa(&mut self, shared: &Shared, hpa: &str) {
@@ -284,31 +277,42 @@ impl RuleTask {
     }
 }
 
+async fn timed(poller: &TriggerPoller) -> (Result<f64, TriggerError>, Duration) {
+    let started = Instant::now();
+    let result = poller.read().await;
+    (result, started.elapsed())
+}
+
 /// Reads every trigger concurrently. A failure becomes `Sample::Failed`, never zero.
-async fn read_samples(rule: &Rule, pollers: &[TriggerPoller], metrics: &Metrics) -> Vec<Sample> {
-    let reads = pollers.iter().map(|poller| async move {
-        let started = Instant::now();
-        let result = poller.read().await;
-        (result, started.elapsed())
-    });
-    let results = join_all(reads).await;
+async fn read_samples(
+    rule: &Rule,
+    pollers: &[TriggerPoller],
+    series: &[TriggerSeries],
+    metrics: &Metrics,
+) -> Vec<Sample> {
+    // Most rules have one trigger: no `join_all` (and its heap of futures) for them.
+    let results = match pollers {
+        [one] => vec![timed(one).await],
+        many => join_all(many.iter().map(timed)).await,
+    };
     results
         .into_iter()
         .enumerate()
         .map(|(index, (result, took))| {
-            let trigger = label(rule, index);
-            let labels = TriggerLabels {
-                rule: rule.name.clone(),
-                trigger: trigger.clone(),
-            };
-            metrics.poll_duration.get_or_create(&labels).observe(took.as_secs_f64());
+            let series = series.get(index);
+            if let Some(series) = series {
+                series.poll_duration.observe(took.as_secs_f64());
+            }
             match result {
                 Ok(value) => {
-                    metrics.trigger_value.get_or_create(&labels).set(value);
-                    debug!(rule = %rule.name, %trigger, value, "trigger read");
+                    if let Some(series) = series {
+                        series.value.set(value);
+                    }
+                    debug!(rule = %rule.name, trigger = %label(rule, index), value, "trigger read");
                     Sample::Value(value)
                 }
                 Err(error) => {
+                    let trigger = label(rule, index);
                     metrics
                         .trigger_errors
                         .get_or_create(&TriggerErrorLabels {

@@ -11,8 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::policy::RuleStatus;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
@@ -115,8 +113,10 @@ impl Metrics {
             scale_events: Family::default(),
             rule_state: Family::default(),
             target_errors: Family::default(),
+            // Fine around the 50 ms target and below it, where a local agent answers.
             reaction: Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
             ]),
             events_suppressed: Family::default(),
             config_reloads: Family::default(),
@@ -212,23 +212,6 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-
-    pub fn set_rule_state(&self, rule: &str, status: &RuleStatus, hpa_blocked: bool) {
-        let flags = [
-            ("active", status.active),
-            ("cooldown", status.in_cooldown),
-            ("fallback", status.in_fallback),
-            ("paused", status.paused),
-            ("hpa_blocked", hpa_blocked),
-        ];
-        for (state, on) in flags {
-            let labels = StateLabels {
-                rule: rule.to_string(),
-                state: state.to_string(),
-            };
-            self.rule_state.get_or_create(&labels).set(i64::from(on));
-        }
     }
 
     /// Drops every series of a rule that is gone, so removed rules do not linger in `/metrics`.

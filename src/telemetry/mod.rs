@@ -3,6 +3,7 @@
 pub mod events;
 pub mod logs;
 pub mod metrics;
+pub mod rule_series;
 pub mod server;
 
 pub use events::EventSink;
