@@ -73,6 +73,11 @@ struct RunArgs {
     /// Lease holder identity (default: $POD_NAME, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Threads that run the agent's tasks. One is plenty for thousands of rules (the work is
+    /// waiting on the network) and avoids the cross-thread wake-ups that were a fifth of the
+    /// agent's CPU with two (BENCHMARKS.md); more only help when a single core is saturated.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), env = "QSCALE_RUNTIME_THREADS")]
+    runtime_threads: u16,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -101,8 +106,9 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             logs::init(args.log.log_format, &args.log.log_level);
+            let threads = args.runtime_threads;
             match agent_options(*args) {
-                Ok(options) => run(options),
+                Ok(options) => run(options, threads),
                 Err(message) => {
                     eprintln!("qscale run: {message}");
                     ExitCode::from(2)
@@ -152,11 +158,15 @@ fn agent_options(args: RunArgs) -> Result<AgentOptions, String> {
     })
 }
 
-fn run(options: AgentOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn run(options: AgentOptions, threads: u16) -> ExitCode {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(usize::from(threads));
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("qscale run: cannot start the async runtime: {e}");

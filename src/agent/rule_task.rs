@@ -14,7 +14,7 @@ use super::shutdown::Shutdown;
 use super::state::StateStore;
 use crate::config::Rule;
 use crate::policy::{self, Decision, Memory, Sample};
-use crate::target::{Observation, Targets};
+use crate::target::{Observation, TargetView, Targets};
 use crate::telemetry::events::{Notice, Severity};
 use crate::telemetry::metrics::{DirectionLabels, RuleKindLabels, TriggerErrorLabels};
 use crate::telemetry::rule_series::{RuleSeries, TriggerSeries};
@@ -49,6 +49,8 @@ pub struct RuleTask {
     reported_hpa: Option<String>,
     /// The rule's metric series, looked up on the first tick.
     series: Option<RuleSeries>,
+    /// Where the target is in the watch cache, found on the first tick.
+    view: Option<TargetView>,
 }
 
 impl RuleTask {
@@ -60,6 +62,7 @@ impl RuleTask {
             pending_write: None,
             reported_hpa: None,
             series: None,
+            view: None,
         }
     }
 
@@ -99,7 +102,11 @@ impl RuleTask {
         });
         let samples =
             read_samples(&self.rule, &self.pollers, &series.triggers, &shared.metrics).await;
-        let observation = match shared.targets.observe(&self.rule.target).await {
+        let observation = match shared
+            .targets
+            .observe(&self.rule.target, &mut self.view)
+            .await
+        {
             Ok(observation) => observation,
             Err(error) => {
                 shared

@@ -3,6 +3,7 @@
 //! requests but its watches.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct WatchCache {
     client: Client,
     namespace: String,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
+    /// Counts [`WatchCache::stop`]s: a store handed out before the last stop has no watch
+    /// behind it any more, and whoever kept one must ask again.
+    generation: Arc<AtomicU64>,
 }
 
 impl WatchCache {
@@ -39,6 +43,7 @@ impl WatchCache {
             client,
             namespace: namespace.to_string(),
             watched: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
@@ -78,7 +83,8 @@ impl WatchCache {
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let plural = resource.plural.clone();
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        let events = watcher(api, watcher::Config::default()).modify(project);
+        let stream = reflector::reflector(writer, events)
             .default_backoff()
             .touched_objects();
         let task = tokio::spawn(async move {
@@ -95,20 +101,100 @@ impl WatchCache {
         }
     }
 
-    pub async fn get(
-        &self,
-        resource: &ApiResource,
-        name: &str,
-    ) -> Result<Option<Arc<DynamicObject>>, TargetError> {
-        let store = self.store(resource).await?;
-        Ok(store.get(&ObjectRef::new_with(name, resource.clone()).within(&self.namespace)))
+    /// See [`WatchCache::generation`]: stores from an older generation are stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// `name` in this namespace, as a store key.
+    pub fn key(&self, resource: &ApiResource, name: &str) -> ObjectRef<DynamicObject> {
+        ObjectRef::new_with(name, resource.clone()).within(&self.namespace)
     }
 
     /// Stops every watch (on shutdown, or when leadership is lost).
     pub async fn stop(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut watched = self.watched.lock().await;
         for (_, entry) in watched.drain() {
             entry.task.abort();
         }
+    }
+}
+/// Keeps only what qscale reads of a cached object: its identity, the `qscale.io/`
+/// annotations, `spec.replicas` and (for HPAs) `spec.scaleTargetRef`. A real API server's
+/// Deployment is 5–20 KB of JSON (pod template, `managedFields`, last-applied annotation) and
+/// several times that once parsed; a thousand of them would be most of the agent's heap.
+fn project(object: &mut DynamicObject) {
+    let meta = &mut object.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|key, _| key.starts_with(QSCALE_ANNOTATIONS));
+    }
+    let mut spec = serde_json::Map::new();
+    if let Some(old) = object.data.get_mut("spec") {
+        for key in ["replicas", "scaleTargetRef"] {
+            if let Some(value) = old.get_mut(key) {
+                spec.insert(key.to_string(), value.take());
+            }
+        }
+    }
+    object.data = serde_json::json!({ "spec": spec });
+}
+
+/// The prefix of every annotation qscale reads on a target.
+const QSCALE_ANNOTATIONS: &str = "qscale.io/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_object_keeps_what_qscale_reads_and_nothing_else() {
+        let mut object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "worker",
+                "namespace": "jobs",
+                "resourceVersion": "42",
+                "labels": {"app": "worker"},
+                "annotations": {
+                    "qscale.io/paused": "true",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {
+                "replicas": 3,
+                "template": {"spec": {"containers": [{"name": "w", "image": "w:1"}]}},
+                "scaleTargetRef": {"kind": "Deployment", "name": "worker"}
+            },
+            "status": {"replicas": 3}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        project(&mut object);
+        assert_eq!(object.metadata.name.as_deref(), Some("worker"));
+        assert_eq!(object.metadata.namespace.as_deref(), Some("jobs"));
+        assert_eq!(object.metadata.resource_version.as_deref(), Some("42"));
+        assert!(object.metadata.labels.is_none());
+        assert!(object.metadata.managed_fields.is_none());
+        let annotations: Vec<_> = object
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(annotations, ["qscale.io/paused"]);
+        assert_eq!(
+            object.data,
+            serde_json::json!({"spec": {
+                "replicas": 3,
+                "scaleTargetRef": {"kind": "Deployment", "name": "worker"}
+            }})
+        );
     }
 }

@@ -4,22 +4,15 @@ use kube::api::DynamicObject;
 
 use crate::config::TargetRef;
 
-/// The name of an HPA (from `hpas`) whose `scaleTargetRef` is `target`, if any.
-pub fn competing_hpa<'a>(
-    target: &TargetRef,
-    hpas: impl IntoIterator<Item = &'a DynamicObject>,
-) -> Option<String> {
+/// Whether `hpa`'s `scaleTargetRef` is `target`.
+pub fn scales(hpa: &DynamicObject, target: &TargetRef) -> bool {
     let target_group = group_of(target.api_version().unwrap_or_default());
-    hpas.into_iter()
-        .find(|hpa| {
-            let reference = &hpa.data["spec"]["scaleTargetRef"];
-            let kind = reference["kind"].as_str().unwrap_or_default();
-            let name = reference["name"].as_str().unwrap_or_default();
-            // An HPA's apiVersion may name another version of the same group.
-            let group = reference["apiVersion"].as_str().map(group_of);
-            kind == target.kind && name == target.name && group.is_none_or(|g| g == target_group)
-        })
-        .and_then(|hpa| hpa.metadata.name.clone())
+    let reference = &hpa.data["spec"]["scaleTargetRef"];
+    let kind = reference["kind"].as_str().unwrap_or_default();
+    let name = reference["name"].as_str().unwrap_or_default();
+    // An HPA's apiVersion may name another version of the same group.
+    let group = reference["apiVersion"].as_str().map(group_of);
+    kind == target.kind && name == target.name && group.is_none_or(|g| g == target_group)
 }
 
 fn group_of(api_version: &str) -> &str {
@@ -29,6 +22,12 @@ fn group_of(api_version: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn competing_hpa(target: &TargetRef, hpas: &[DynamicObject]) -> Option<String> {
+        hpas.iter()
+            .find(|hpa| scales(hpa, target))
+            .and_then(|hpa| hpa.metadata.name.clone())
+    }
 
     fn hpa(name: &str, api_version: &str, kind: &str, target: &str) -> DynamicObject {
         let mut obj = DynamicObject::new(name, &crate::target::WatchCache::hpa_resource());

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Client;
 
 pub use cache::WatchCache;
 pub use error::TargetError;
-pub use hpa::competing_hpa;
 pub use limit::{RequestLimit, MAX_CONCURRENT_REQUESTS};
 pub use resolve::Resolver;
 
@@ -39,6 +39,15 @@ pub struct Observation {
     pub state: TargetState,
     /// An HPA that scales the same object: qscale must not write.
     pub competing_hpa: Option<String>,
+}
+
+/// Where one target is found in the watch cache: its kind's store, its key there, and the
+/// HPA store. Valid until the cache is stopped (its generation changes).
+pub struct TargetView {
+    generation: u64,
+    key: ObjectRef<DynamicObject>,
+    objects: Store<DynamicObject>,
+    hpas: Store<DynamicObject>,
 }
 
 /// Reads and writes targets in one namespace.
@@ -72,23 +81,47 @@ impl Targets {
     }
 
     /// The target as the watch cache sees it, and whether an HPA competes for it. Only a kind
-    /// without a conventional `spec.replicas` costs a `/scale` GET.
-    pub async fn observe(&self, target: &TargetRef) -> Result<Observation, TargetError> {
-        let resource = self.resolver.resolve(target).await?;
-        let object = self
-            .cache
-            .get(&resource, &target.name)
-            .await?
+    /// without a conventional `spec.replicas` costs a `/scale` GET. `view` is the caller's to
+    /// keep between calls for the same target: it spares the lookups of the kind and stores.
+    pub async fn observe(
+        &self,
+        target: &TargetRef,
+        view: &mut Option<TargetView>,
+    ) -> Result<Observation, TargetError> {
+        let generation = self.cache.generation();
+        let view = match view {
+            Some(view) if view.generation == generation => view,
+            _ => view.insert(self.view(target, generation).await?),
+        };
+        let object = view
+            .objects
+            .get(&view.key)
             .ok_or_else(|| TargetError::NotFound(target.display()))?;
         let replicas = match object.data["spec"]["replicas"].as_u64() {
             Some(replicas) => u32::try_from(replicas).unwrap_or(u32::MAX),
             None => self.read_scale(target).await?.current_replicas,
         };
-        let hpas = self.cache.store(&WatchCache::hpa_resource()).await?.state();
-        let annotations = object.metadata.annotations.clone().unwrap_or_default();
+        let competing_hpa = view
+            .hpas
+            .find(|hpa| hpa::scales(hpa, target))
+            .and_then(|hpa| hpa.metadata.name.clone());
+        let state = match &object.metadata.annotations {
+            Some(annotations) => state_from(replicas, annotations),
+            None => state_from(replicas, &Default::default()),
+        };
         Ok(Observation {
-            state: state_from(replicas, &annotations),
-            competing_hpa: competing_hpa(target, hpas.iter().map(|h| h.as_ref())),
+            state,
+            competing_hpa,
+        })
+    }
+
+    async fn view(&self, target: &TargetRef, generation: u64) -> Result<TargetView, TargetError> {
+        let resource = self.resolver.resolve(target).await?;
+        Ok(TargetView {
+            generation,
+            key: self.cache.key(&resource, &target.name),
+            objects: self.cache.store(&resource).await?,
+            hpas: self.cache.store(&WatchCache::hpa_resource()).await?,
         })
     }
 
