@@ -54,6 +54,19 @@ impl TargetError {
     }
 
     /// A short, bounded label for metrics.
+    /// Every [`TargetError::kind`], so a removed rule's error counters can be dropped.
+    pub const KINDS: &'static [&'static str] = &[
+        "not_found",
+        "no_scale_subresource",
+        "unknown_kind",
+        "conflict",
+        "throttled",
+        "forbidden",
+        "server",
+        "timeout",
+        "transport",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             TargetError::NotFound(_) => "not_found",
@@ -82,5 +95,31 @@ impl TargetError {
             },
             other => TargetError::Transport(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let s = String::new;
+        let all = [
+            TargetError::NotFound(s()),
+            TargetError::NoScaleSubresource(s()),
+            TargetError::UnknownKind(s()),
+            TargetError::Conflict(s()),
+            TargetError::Throttled(s()),
+            TargetError::Forbidden(s()),
+            TargetError::Server {
+                code: 500,
+                message: s(),
+            },
+            TargetError::Timeout(Duration::ZERO),
+            TargetError::Transport(s()),
+        ];
+        let kinds: Vec<&str> = all.iter().map(TargetError::kind).collect();
+        assert_eq!(kinds, TargetError::KINDS);
     }
 }

@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::target::TargetError;
+use crate::triggers::TriggerError;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
@@ -234,12 +237,73 @@ impl Metrics {
             };
             self.trigger_value.remove(&labels);
             self.poll_duration.remove(&labels);
+            for kind in TriggerError::KINDS {
+                self.trigger_errors.remove(&TriggerErrorLabels {
+                    rule: rule.to_string(),
+                    trigger: trigger.clone(),
+                    kind: (*kind).to_string(),
+                });
+            }
         }
+        for kind in TargetError::KINDS {
+            self.target_errors.remove(&RuleKindLabels {
+                rule: rule.to_string(),
+                kind: (*kind).to_string(),
+            });
+        }
+        for direction in ["up", "down"] {
+            self.scale_events.remove(&DirectionLabels {
+                rule: rule.to_string(),
+                direction: direction.to_string(),
+            });
+        }
+        self.events_suppressed.remove(&rule_labels);
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_rule_leaves_no_series() {
+        let metrics = Metrics::new();
+        let rule = |name: &str| RuleLabels { rule: name.into() };
+        for name in ["gone", "kept"] {
+            metrics.desired_replicas.get_or_create(&rule(name)).set(2);
+            metrics.events_suppressed.get_or_create(&rule(name)).inc();
+            metrics
+                .trigger_errors
+                .get_or_create(&TriggerErrorLabels {
+                    rule: name.into(),
+                    trigger: "q".into(),
+                    kind: "throttled".into(),
+                })
+                .inc();
+            metrics
+                .target_errors
+                .get_or_create(&RuleKindLabels {
+                    rule: name.into(),
+                    kind: "conflict".into(),
+                })
+                .inc();
+            metrics
+                .scale_events
+                .get_or_create(&DirectionLabels {
+                    rule: name.into(),
+                    direction: "up".into(),
+                })
+                .inc();
+        }
+        metrics.forget_rule("gone", &["q".to_string()]);
+        let text = metrics.encode();
+        assert!(!text.contains("rule=\"gone\""), "{text}");
+        assert_eq!(text.matches("rule=\"kept\"").count(), 5, "{text}");
     }
 }

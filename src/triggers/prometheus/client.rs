@@ -22,6 +22,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// included), so we close first rather than send into a connection being closed.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// Idle connections kept per host: enough for the calls in flight at once (SQS bounds its
+/// own to 32), so a burst does not leave hundreds of sockets behind.
+const POOL_MAX_IDLE_PER_HOST: usize = 32;
+
 /// Pool of HTTP clients keyed by TLS settings; Clone + Default + Send + Sync.
 #[derive(Clone, Debug, Default)]
 pub struct HttpClients {
@@ -64,7 +68,8 @@ fn build_client(tls: &TlsSettings) -> Result<reqwest::Client, TriggerError> {
         // follow one anyway; the error names the status so `server` can be corrected.
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST);
 
     if tls.insecure_skip_verify {
         tracing::warn!(
