@@ -189,7 +189,10 @@ fn run(options: AgentOptions, threads: u16) -> ExitCode {
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
-        match config::load_file(file) {
+        match config::load_file(file).and_then(|rules| {
+            qscale::triggers::preflight(&rules)?;
+            Ok(rules)
+        }) {
             Ok(rules) => println!("{}", config::summary(&rules)),
             Err(e) => {
                 ok = false;

@@ -306,3 +306,33 @@ except jsonschema.ValidationError:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_command_reports_a_trigger_that_cannot_be_built() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[rules]]
+name = "orders"
+target = { kind = "Deployment", name = "orders" }
+max_replicas = 3
+[[rules.triggers]]
+type = "prometheus"
+server = "http://127.0.0.1:9090"
+query = "sum(jobs_waiting)"
+target_per_replica = 10
+query_parameters = { query = "up" }
+"#,
+    )
+    .expect("write rules");
+    let path = path.display().to_string();
+    let (code, stdout, stderr) = qscale(&["check", &path]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("rule \"orders\" (rules[0]): field `triggers.0`")
+            && stderr.contains("query_parameters must not set `query`"),
+        "{stderr}"
+    );
+}

@@ -26,7 +26,7 @@ pub use source::ConfigSource;
 pub use state::StateStore;
 pub use supervisor::Supervisor;
 
-use crate::config::{self, ConfigError, RulesFile};
+use crate::config::{ConfigError, RulesFile};
 use crate::target::{RequestLimit, Targets};
 use crate::telemetry::metrics::ResultLabels;
 use crate::telemetry::{EventSink, Metrics, Readiness};
@@ -62,7 +62,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     // A bad file at start is an error; in ConfigMap mode the rules arrive through the watch.
     let initial = match &options.source {
-        ConfigSource::File(path) => Some(config::load_file(path).map_err(InvalidRules)?),
+        ConfigSource::File(path) => Some(source::load_file(path).map_err(InvalidRules)?),
         ConfigSource::ConfigMap { .. } => None,
     };
 

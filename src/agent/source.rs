@@ -78,7 +78,7 @@ pub fn watch_file(
                 continue;
             }
             last = current;
-            if tx.send(config::load_file(&path)).await.is_err() {
+            if tx.send(load_file(&path)).await.is_err() {
                 break;
             }
         }
@@ -153,5 +153,13 @@ fn parse_config_map(
     let source = format!("configmap {name}/{key}");
     let format = Format::from_path(Path::new(&key)).unwrap_or(Format::Yaml);
     let rules = config::parse(&source, &text, format)?;
+    crate::triggers::preflight(&rules)?;
     Ok((text, rules))
+}
+
+/// A rules file as the agent accepts it: valid as a file, and every trigger buildable.
+pub fn load_file(path: &Path) -> Result<RulesFile, ConfigError> {
+    let rules = config::load_file(path)?;
+    crate::triggers::preflight(&rules)?;
+    Ok(rules)
 }

@@ -6,6 +6,7 @@
 pub mod aws;
 pub(crate) mod error;
 mod poller;
+mod preflight;
 pub mod prometheus;
 mod shared;
 mod sigv4;
@@ -13,4 +14,5 @@ pub mod sqs;
 
 pub use error::TriggerError;
 pub use poller::{PollerFactory, TriggerPoller};
+pub use preflight::preflight;
 pub use shared::SharedReading;

@@ -44,13 +44,18 @@ pub struct PrometheusPoller {
 }
 
 impl PrometheusPoller {
-    pub fn new(
+    /// What [`PrometheusPoller::new`] checks of the trigger, short of reading its TLS files
+    /// (which may only exist where the agent runs): the query, the server URL, the auth
+    /// scheme, the headers and query parameters.
+    pub fn check(spec: &PrometheusTrigger) -> Result<(), TriggerError> {
+        Self::parts(spec, &AwsContext::new()).map(|_| ())
+    }
+
+    fn parts(
         spec: &PrometheusTrigger,
-        clients: &HttpClients,
         aws: &AwsContext,
-    ) -> Result<Self, TriggerError> {
-        let timeout = spec.timeout.get();
-        if timeout.is_zero() {
+    ) -> Result<(Auth, request::Prepared), TriggerError> {
+        if spec.timeout.get().is_zero() {
             return Err(TriggerError::Config(
                 "timeout must be longer than zero".into(),
             ));
@@ -61,6 +66,16 @@ impl PrometheusPoller {
         let auth = Auth::from_spec(&spec.auth, aws)?;
         let endpoint = request::endpoint(&spec.server)?;
         let prepared = request::prepare(spec, endpoint, &auth)?;
+        Ok((auth, prepared))
+    }
+
+    pub fn new(
+        spec: &PrometheusTrigger,
+        clients: &HttpClients,
+        aws: &AwsContext,
+    ) -> Result<Self, TriggerError> {
+        let timeout = spec.timeout.get();
+        let (auth, prepared) = Self::parts(spec, aws)?;
         if auth.sends_reusable_secret() && !request::is_protected(&prepared.url) {
             tracing::warn!(
                 server = %request::display_endpoint(&prepared.url),
