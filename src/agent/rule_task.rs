@@ -202,7 +202,14 @@ impl RuleTask {
             info!(rule = %rule.name, target = %rule.target.display(), from, to, reason = %decision.reason, "would rescale (dry run)");
             return true;
         }
-        match shared.targets.write_replicas(&rule.target, to).await {
+        // Boxed: the write and its retries are the largest part of a tick's future but rare,
+        // and the tick itself is boxed on every poll (see `run`).
+        match shared
+            .targets
+            .write_replicas(&rule.target, to)
+            .boxed()
+            .await
+        {
             Ok(()) => {
                 shared
                     .metrics

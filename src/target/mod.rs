@@ -91,7 +91,8 @@ impl Targets {
         let generation = self.cache.generation();
         let view = match view {
             Some(view) if view.generation == generation => view,
-            _ => view.insert(self.view(target, generation).await?),
+            // Boxed, like the `/scale` read below: rare, and large next to the rest.
+            _ => view.insert(Box::pin(self.view(target, generation)).await?),
         };
         let object = view
             .objects
@@ -99,7 +100,7 @@ impl Targets {
             .ok_or_else(|| TargetError::NotFound(target.display()))?;
         let replicas = match object.data["spec"]["replicas"].as_u64() {
             Some(replicas) => u32::try_from(replicas).unwrap_or(u32::MAX),
-            None => self.read_scale(target).await?.current_replicas,
+            None => Box::pin(self.read_scale(target)).await?.current_replicas,
         };
         let competing_hpa = view
             .hpas

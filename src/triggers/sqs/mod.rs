@@ -131,10 +131,15 @@ impl SqsClients {
             sdk_config.use_dual_stack().unwrap_or(false),
         )
         .await
-        .map(|(url, region)| Endpoint {
-            url,
-            region,
-            identity: key.0.clone(),
+        .and_then(|(url, region)| {
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|e| TriggerError::Config(format!("SQS endpoint {url}: {e}")))?;
+            Ok(Endpoint {
+                url,
+                parsed,
+                region,
+                identity: key.0.clone(),
+            })
         });
         let client = Arc::new(SqsClient {
             sdk: Client::from_conf(config.build()),
