@@ -5,6 +5,7 @@ mod clock;
 mod leader;
 mod rule_task;
 mod shutdown;
+mod slots;
 mod source;
 mod state;
 mod supervisor;
@@ -124,6 +125,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         readiness: readiness.clone(),
         events,
         state: state.clone(),
+        epoch: tokio::time::Instant::now(),
     });
 
     let (loaded_tx, mut loaded_rx) = mpsc::channel(4);

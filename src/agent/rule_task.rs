@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::clock::Clock;
 use super::shutdown::Shutdown;
+use super::slots;
 use super::state::StateStore;
 use crate::config::Rule;
 use crate::policy::{self, Decision, Memory, Sample};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub events: Option<EventSink>,
     /// `None` in dry-run mode.
     pub state: Option<StateStore>,
+    /// Where the tick grid of every rule is anchored.
+    pub epoch: tokio::time::Instant,
 }
 
 /// A rule with its pollers and memory, ready to run.
@@ -68,13 +71,15 @@ impl RuleTask {
 
     /// Polls until shutdown, then hands back the rule's memory. The first poll comes after a
     /// random offset below one interval (at most a second), so a thousand rules do not fire in
-    /// the same instant.
+    /// the same instant, rounded to the agent's tick grid (see [`slots`]).
     pub async fn run(mut self, shared: Arc<Shared>, mut shutdown: Shutdown) -> Memory {
         let interval = self.rule.poll_interval.get();
         let spread = interval.min(Duration::from_secs(1));
         let offset = rand::rng().random_range(Duration::ZERO..=spread);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = slots::first_tick(shared.epoch, tokio::time::Instant::now(), offset);
+        let mut ticker = tokio::time::interval_at(start, interval);
+        // A late tick fires at once, and the next one is back on the grid.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = shutdown.wait() => break,

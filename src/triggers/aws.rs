@@ -94,6 +94,13 @@ impl AwsContext {
         if let Some(credentials) = self.cached(identity) {
             return Ok(credentials);
         }
+        // Boxed: loading the SDK configuration and calling STS or IMDS is a future of many KiB,
+        // and held inline it would be part of, and copied with, every poll's future, though
+        // it runs about once an hour (BENCHMARKS.md, finding 15).
+        Box::pin(self.fetch_credentials(identity)).await
+    }
+
+    async fn fetch_credentials(&self, identity: &AwsIdentity) -> Result<Credentials, TriggerError> {
         let config = self.sdk_config(identity).await;
         let provider = config.credentials_provider().ok_or_else(|| {
             TriggerError::Credentials("no AWS credentials provider is configured".into())

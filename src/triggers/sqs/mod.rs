@@ -209,7 +209,16 @@ impl SqsPoller {
         let http = self.http.as_ref().map_err(Clone::clone)?;
         let read =
             async {
-                let body = self.body.get_or_try_init(|| self.resolve_url()).await?;
+                // Boxed, like every rare path inside a poll: the SDK's `GetQueueUrl` future
+                // is many KiB and runs once per queue (BENCHMARKS.md, finding 15).
+                let body = match self.body.get() {
+                    Some(body) => body,
+                    None => {
+                        self.body
+                            .get_or_try_init(|| Box::pin(self.resolve_url()))
+                            .await?
+                    }
+                };
                 // Waiting for a slot counts against the timeout, like a slow answer would.
                 let _slot =
                     self.client.in_flight.acquire().await.map_err(|_| {
