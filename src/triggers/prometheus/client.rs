@@ -15,16 +15,16 @@ use crate::triggers::TriggerError;
 
 /// Bound on establishing a TCP connection, independent of a trigger's own (longer or shorter)
 /// `timeout`, so a black-holed server does not hold a connection attempt forever.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle pooled connections are dropped after this: above the usual poll interval, so polls
 /// reuse a connection, and below the 60 s idle timeout of common load balancers (AMP's
 /// included), so we close first rather than send into a connection being closed.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// Idle connections kept per host: enough for the calls in flight at once (SQS bounds its
 /// own to 32), so a burst does not leave hundreds of sockets behind.
-const POOL_MAX_IDLE_PER_HOST: usize = 32;
+pub const POOL_MAX_IDLE_PER_HOST: usize = 32;
 
 /// Pool of HTTP clients keyed by TLS settings; Clone + Default + Send + Sync.
 #[derive(Clone, Debug, Default)]

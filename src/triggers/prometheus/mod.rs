@@ -22,7 +22,7 @@ use crate::triggers::aws::AwsContext;
 use crate::triggers::TriggerError;
 
 use auth::{Auth, RequestParts, Secrets};
-pub use client::HttpClients;
+pub use client::{HttpClients, CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 pub use response::parse_response;
 
 /// A response larger than this is refused: a query that feeds one number has no business

@@ -7,32 +7,46 @@
 //! by `aws-sigv4` with the same cached credentials. The endpoint comes from the SDK's own
 //! resolver, once; the SDK stays for the credential chain and the one-off `GetQueueUrl`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use aws_credential_types::Credentials;
 use backon::{ExponentialBuilder, Retryable};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::errors::{first_paragraph, from_code};
+use super::signing::{FixedSigner, Payload, FIXED_HEADERS};
+use super::transport::{HttpError, Transport};
 use super::QueueCounts;
 use crate::triggers::aws::{AwsContext, AwsIdentity};
-use crate::triggers::error::error_chain;
-use crate::triggers::sigv4::sign_request;
+use crate::triggers::sigv4::{sensitive_header, sign_request};
 use crate::triggers::TriggerError;
 
-const JSON_1_0: &str = "application/x-amz-json-1.0";
-const TARGET: &str = "AmazonSQS.GetQueueAttributes";
+/// Room for every header the request ends up with (ours, and `host` and `content-length` that
+/// hyper adds), so the map is allocated once per call and never regrown.
+const HEADER_CAPACITY: usize = 12;
+
+/// Sent with every call, like the Prometheus client's.
+const USER_AGENT: &str = concat!("qscale/", env!("CARGO_PKG_VERSION"));
 
 /// Where and as whom one queue is read.
 pub(super) struct Endpoint {
-    pub url: String,
-    /// `url`, parsed once: parsing (with IDNA host processing) on every call was a visible
-    /// share of a poll's CPU.
-    pub parsed: reqwest::Url,
+    /// Parsed once, in both forms the clients take: parsing (with IDNA host processing) on
+    /// every call was a visible share of a poll's CPU.
+    pub url: reqwest::Url,
+    pub uri: http::Uri,
+    pub transport: Transport,
     pub region: String,
     pub identity: AwsIdentity,
+    /// `None` when the URL has a path or a query: then `aws_sigv4` signs in full.
+    pub signer: Option<FixedSigner>,
 }
 
 /// The request body, made once per queue: only the queue URL varies.
+pub(super) fn payload(queue_url: &str) -> Payload {
+    Payload::new(body(queue_url))
+}
+
 pub(super) fn body(queue_url: &str) -> String {
     serde_json::json!({
         "QueueUrl": queue_url,
@@ -48,13 +62,12 @@ pub(super) fn body(queue_url: &str) -> String {
 /// Reads the counts, retrying throttling and transient failures as the SDK's standard mode
 /// does (3 attempts in all, jittered backoff), all within the caller's timeout.
 pub(super) async fn get_queue_attributes(
-    http: &reqwest::Client,
     aws: &AwsContext,
     endpoint: &Endpoint,
     queue: &str,
-    body: &str,
+    payload: &Payload,
 ) -> Result<QueueCounts, TriggerError> {
-    let attempt = || attempt(http, aws, endpoint, queue, body);
+    let attempt = || attempt(aws, endpoint, queue, payload);
     attempt
         .retry(
             ExponentialBuilder::default()
@@ -84,53 +97,25 @@ impl From<TriggerError> for Failure {
 }
 
 async fn attempt(
-    http: &reqwest::Client,
     aws: &AwsContext,
     endpoint: &Endpoint,
     queue: &str,
-    body: &str,
+    payload: &Payload,
 ) -> Result<QueueCounts, Failure> {
     let credentials = aws.credentials(&endpoint.identity).await?;
-    let headers = [
-        ("content-type", JSON_1_0),
-        ("x-amz-target", TARGET),
-        // Asks for the legacy query error code beside `__type`, as the SDK does.
-        ("x-amzn-query-mode", "true"),
-    ];
-    let signature = sign_request(
-        credentials,
-        &endpoint.region,
-        "sqs",
-        "POST",
-        &endpoint.url,
-        headers.iter().copied(),
-        body.as_bytes(),
-    )?;
-    let mut request = http.post(endpoint.parsed.clone()).body(body.to_string());
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    for (name, value) in signature.headers {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.map_err(|e| Failure {
-        error: TriggerError::Network(format!("queue {queue}: {}", error_chain(&e))),
-        transient: true,
-    })?;
-    let status = response.status();
-    let query_error = response
-        .headers()
-        .get("x-amzn-query-error")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string);
-    let text = response.bytes().await.map_err(|e| Failure {
-        error: TriggerError::Network(format!(
-            "queue {queue}: reading the answer: {}",
-            error_chain(&e)
-        )),
-        transient: true,
-    })?;
+    let (headers, signature) = signed_headers(endpoint, &credentials, payload)?;
+    let answer = endpoint
+        .transport
+        .post(&endpoint.uri, &endpoint.url, headers, payload.json.clone())
+        .await
+        .map_err(|e| Failure {
+            error: TriggerError::Network(match e {
+                HttpError::Send(chain) => format!("queue {queue}: {chain}"),
+                HttpError::Read(chain) => format!("queue {queue}: reading the answer: {chain}"),
+            }),
+            transient: true,
+        })?;
+    let (status, query_error, text) = (answer.status, answer.query_error, answer.body);
     if status.is_success() {
         return counts(queue, &text).map_err(Failure::from);
     }
@@ -142,14 +127,65 @@ async fn attempt(
         TriggerError::Other(format!("queue {queue}: HTTP {status}"))
     } else {
         // The message is the service's: redact anything of the request it might echo.
+        let mut secrets = vec![signature, credentials.secret_access_key().to_string()];
+        secrets.extend(credentials.session_token().map(str::to_string));
         let message = answer
             .message
             .or(answer.message_upper)
-            .map(|m| redact(&m, &signature.secrets));
+            .map(|m| redact(&m, &secrets));
         from_code(queue, &code, message.as_deref())
     };
     let transient = matches!(error, TriggerError::Throttled(_)) || status.is_server_error();
     Err(Failure { error, transient })
+}
+
+/// The request's headers, signed, and the signature (to redact it should a server quote it).
+fn signed_headers(
+    endpoint: &Endpoint,
+    credentials: &Credentials,
+    payload: &Payload,
+) -> Result<(HeaderMap, String), TriggerError> {
+    let mut headers = HeaderMap::with_capacity(HEADER_CAPACITY);
+    for (name, value) in FIXED_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        HeaderValue::from_static(USER_AGENT),
+    );
+    let Some(signer) = &endpoint.signer else {
+        let signature = sign_request(
+            credentials.clone(),
+            &endpoint.region,
+            "sqs",
+            "POST",
+            endpoint.url.as_str(),
+            FIXED_HEADERS.iter().copied(),
+            &payload.json,
+        )?;
+        for (name, value) in signature.headers {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+        let secret = signature.secrets.last().cloned().unwrap_or_default();
+        return Ok((headers, secret));
+    };
+    let signed = signer.sign(credentials, payload, SystemTime::now());
+    let invalid =
+        |name: &str| TriggerError::Credentials(format!("SigV4 header {name} is not valid"));
+    let mut sensitive = |name: &'static str, value: &str| -> Result<(), TriggerError> {
+        let value = sensitive_header(value).ok_or_else(|| invalid(name))?;
+        headers.insert(HeaderName::from_static(name), value);
+        Ok(())
+    };
+    sensitive("x-amz-date", &signed.date)?;
+    sensitive("authorization", &signed.authorization)?;
+    if let Some(token) = credentials.session_token() {
+        sensitive("x-amz-security-token", token)?;
+    }
+    Ok((headers, signed.signature))
 }
 
 #[derive(Deserialize)]

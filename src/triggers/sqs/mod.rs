@@ -3,9 +3,11 @@
 
 mod call;
 mod errors;
+mod signing;
+mod transport;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_sqs::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
@@ -17,6 +19,8 @@ use super::prometheus::HttpClients;
 use super::TriggerError;
 use crate::config::{SqsTrigger, TlsSettings};
 use call::Endpoint;
+use signing::{FixedSigner, Payload};
+use transport::{Direct, Transport};
 
 /// A queue's message counts at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,11 +72,10 @@ impl From<&SqsTrigger> for SqsSource {
 pub struct SqsPoller {
     aws: AwsContext,
     client: Arc<SqsClient>,
-    http: Result<reqwest::Client, TriggerError>,
     queue: String,
     /// The request body, which names the queue's URL: made once, after a lookup if the rule
     /// gives a queue name (a failed lookup is retried on the next poll).
-    body: OnceCell<String>,
+    body: OnceCell<Payload>,
     timeout: Duration,
 }
 
@@ -97,13 +100,15 @@ const MAX_CALLS_IN_FLIGHT: usize = 32;
 #[derive(Clone, Default)]
 pub struct SqsClients {
     clients: Arc<tokio::sync::Mutex<HashMap<ClientKey, Arc<SqsClient>>>>,
+    /// One connection pool for every endpoint reached without a proxy.
+    direct: Arc<OnceLock<Result<Direct, TriggerError>>>,
 }
 
 /// Who calls, and which endpoint.
 type ClientKey = (AwsIdentity, Option<String>);
 
 impl SqsClients {
-    async fn get(&self, spec: &SqsSource, aws: &AwsContext) -> Arc<SqsClient> {
+    async fn get(&self, spec: &SqsSource, aws: &AwsContext, http: &HttpClients) -> Arc<SqsClient> {
         let identity = AwsIdentity {
             region: spec.region.clone(),
             role_arn: spec.role_arn.clone(),
@@ -132,11 +137,23 @@ impl SqsClients {
         )
         .await
         .and_then(|(url, region)| {
-            let parsed = reqwest::Url::parse(&url)
-                .map_err(|e| TriggerError::Config(format!("SQS endpoint {url}: {e}")))?;
+            let bad = |e: &dyn std::fmt::Display| {
+                TriggerError::Config(format!("SQS endpoint {url}: {e}"))
+            };
+            let parsed = reqwest::Url::parse(&url).map_err(|e| bad(&e))?;
+            let uri: http::Uri = parsed.as_str().parse().map_err(|e| bad(&e))?;
+            let transport = if transport::is_proxied(&transport::proxy_rules(), &uri) {
+                Transport::Proxied(http.get(&TlsSettings::default())?)
+            } else {
+                Transport::Direct(Box::new(
+                    self.direct.get_or_init(transport::direct).clone()?,
+                ))
+            };
             Ok(Endpoint {
-                url,
-                parsed,
+                signer: FixedSigner::for_url(&parsed, &region),
+                transport,
+                uri,
+                url: parsed,
                 region,
                 identity: key.0.clone(),
             })
@@ -191,12 +208,11 @@ impl SqsPoller {
         let body = OnceCell::new();
         if is_url(&spec.queue) {
             // A URL needs no lookup; setting an empty cell cannot fail.
-            let _ = body.set(call::body(&spec.queue));
+            let _ = body.set(call::payload(&spec.queue));
         }
         SqsPoller {
             aws: aws.clone(),
-            client: clients.get(spec, aws).await,
-            http: http.get(&TlsSettings::default()),
+            client: clients.get(spec, aws, http).await,
             queue: spec.queue.clone(),
             body,
             timeout: spec.timeout,
@@ -206,7 +222,6 @@ impl SqsPoller {
     /// The queue's visible, in-flight and delayed counts.
     pub async fn read(&self) -> Result<QueueCounts, TriggerError> {
         let endpoint = self.client.endpoint.as_ref().map_err(Clone::clone)?;
-        let http = self.http.as_ref().map_err(Clone::clone)?;
         let read =
             async {
                 // Boxed, like every rare path inside a poll: the SDK's `GetQueueUrl` future
@@ -224,7 +239,7 @@ impl SqsPoller {
                     self.client.in_flight.acquire().await.map_err(|_| {
                         TriggerError::Other("the SQS client is shutting down".into())
                     })?;
-                call::get_queue_attributes(http, &self.aws, endpoint, &self.queue, body).await
+                call::get_queue_attributes(&self.aws, endpoint, &self.queue, body).await
             };
         tokio::time::timeout(self.timeout, read)
             .await
@@ -232,7 +247,7 @@ impl SqsPoller {
     }
 
     /// Looks the queue's URL up by name, and makes the body that names it.
-    async fn resolve_url(&self) -> Result<String, TriggerError> {
+    async fn resolve_url(&self) -> Result<Payload, TriggerError> {
         let output = self
             .client
             .sdk
@@ -244,7 +259,7 @@ impl SqsPoller {
         let url = output.queue_url().ok_or_else(|| {
             TriggerError::BadResponse(format!("queue {}: GetQueueUrl gave no URL", self.queue))
         })?;
-        Ok(call::body(url))
+        Ok(call::payload(url))
     }
 }
 
