@@ -3,7 +3,6 @@
 //! requests but its watches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,27 +13,20 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use tokio::sync::Mutex;
-use tokio::task::AbortHandle;
 
 use super::TargetError;
 
 /// How long a first read waits for a new watch to list its objects.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Watched {
-    store: Store<DynamicObject>,
-    task: AbortHandle,
-}
-
-/// Reflectors per resource type, started on first use and stopped on drop.
+/// Reflectors per resource type, started on first use. They run for the life of the agent:
+/// one `Targets` (and so one cache) is made per process, a standby keeps its watches so it
+/// can take over without listing again, and the reflectors retry their own errors with backoff.
 #[derive(Clone)]
 pub struct WatchCache {
     client: Client,
     namespace: String,
-    watched: Arc<Mutex<HashMap<String, Watched>>>,
-    /// Counts [`WatchCache::stop`]s: a store handed out before the last stop has no watch
-    /// behind it any more, and whoever kept one must ask again.
-    generation: Arc<AtomicU64>,
+    watched: Arc<Mutex<HashMap<String, Store<DynamicObject>>>>,
 }
 
 impl WatchCache {
@@ -43,7 +35,6 @@ impl WatchCache {
             client,
             namespace: namespace.to_string(),
             watched: Arc::default(),
-            generation: Arc::default(),
         }
     }
 
@@ -60,11 +51,10 @@ impl WatchCache {
         let store = {
             let mut watched = self.watched.lock().await;
             match watched.get(&key) {
-                Some(entry) => entry.store.clone(),
+                Some(store) => store.clone(),
                 None => {
-                    let entry = self.start(resource);
-                    let store = entry.store.clone();
-                    watched.insert(key.clone(), entry);
+                    let store = self.start(resource);
+                    watched.insert(key.clone(), store.clone());
                     store
                 }
             }
@@ -77,7 +67,8 @@ impl WatchCache {
         }
     }
 
-    fn start(&self, resource: &ApiResource) -> Watched {
+    /// Starts the reflector; its task runs until the runtime stops.
+    fn start(&self, resource: &ApiResource) -> Store<DynamicObject> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.namespace, resource);
         let writer = reflector::store::Writer::new(resource.clone());
@@ -87,7 +78,7 @@ impl WatchCache {
         let stream = reflector::reflector(writer, events)
             .default_backoff()
             .touched_objects();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(item) = stream.next().await {
                 if let Err(error) = item {
@@ -95,31 +86,15 @@ impl WatchCache {
                 }
             }
         });
-        Watched {
-            store,
-            task: task.abort_handle(),
-        }
-    }
-
-    /// See [`WatchCache::generation`]: stores from an older generation are stale.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        store
     }
 
     /// `name` in this namespace, as a store key.
     pub fn key(&self, resource: &ApiResource, name: &str) -> ObjectRef<DynamicObject> {
         ObjectRef::new_with(name, resource.clone()).within(&self.namespace)
     }
-
-    /// Stops every watch (on shutdown, or when leadership is lost).
-    pub async fn stop(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut watched = self.watched.lock().await;
-        for (_, entry) in watched.drain() {
-            entry.task.abort();
-        }
-    }
 }
+
 /// Keeps only what qscale reads of a cached object: its identity, the `qscale.io/`
 /// annotations, `spec.replicas` and (for HPAs) `spec.scaleTargetRef`. A real API server's
 /// Deployment is 5–20 KB of JSON (pod template, `managedFields`, last-applied annotation) and

@@ -42,9 +42,8 @@ pub struct Observation {
 }
 
 /// Where one target is found in the watch cache: its kind's store, its key there, and the
-/// HPA store. Valid until the cache is stopped (its generation changes).
+/// HPA store. The watches run for the life of the agent, so a view found once stays valid.
 pub struct TargetView {
-    generation: u64,
     key: ObjectRef<DynamicObject>,
     objects: Store<DynamicObject>,
     hpas: Store<DynamicObject>,
@@ -88,11 +87,10 @@ impl Targets {
         target: &TargetRef,
         view: &mut Option<TargetView>,
     ) -> Result<Observation, TargetError> {
-        let generation = self.cache.generation();
         let view = match view {
-            Some(view) if view.generation == generation => view,
+            Some(view) => view,
             // Boxed, like the `/scale` read below: rare, and large next to the rest.
-            _ => view.insert(Box::pin(self.view(target, generation)).await?),
+            None => view.insert(Box::pin(self.view(target)).await?),
         };
         let object = view
             .objects
@@ -116,10 +114,9 @@ impl Targets {
         })
     }
 
-    async fn view(&self, target: &TargetRef, generation: u64) -> Result<TargetView, TargetError> {
+    async fn view(&self, target: &TargetRef) -> Result<TargetView, TargetError> {
         let resource = self.resolver.resolve(target).await?;
         Ok(TargetView {
-            generation,
             key: self.cache.key(&resource, &target.name),
             objects: self.cache.store(&resource).await?,
             hpas: self.cache.store(&WatchCache::hpa_resource()).await?,
