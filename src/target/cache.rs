@@ -19,9 +19,10 @@ use super::TargetError;
 /// How long a first read waits for a new watch to list its objects.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reflectors per resource type, started on first use. They run for the life of the agent:
-/// one `Targets` (and so one cache) is made per process, a standby keeps its watches so it
-/// can take over without listing again, and the reflectors retry their own errors with backoff.
+/// Reflectors per resource type, started on a rule's first tick. They run for the life of the
+/// agent: one `Targets` (and so one cache) is made per process, the reflectors retry their own
+/// errors with backoff, and a replica that loses the lead keeps its watches, so it takes over
+/// again without listing (a standby that never led has none: it ticks no rules).
 #[derive(Clone)]
 pub struct WatchCache {
     client: Client,
