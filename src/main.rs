@@ -49,7 +49,8 @@ struct RunArgs {
     /// Namespace of the targets (default: the pod's namespace, else the kubeconfig's).
     #[arg(long, short, env = "QSCALE_NAMESPACE")]
     namespace: Option<String>,
-    /// Decide, log and export metrics, but never write (no /scale, no Events, no state).
+    /// Decide, log and export metrics, but never write (no /scale, no Events, no state, no
+    /// Lease: with --leader-elect it does not take part in the election).
     #[arg(long, env = "QSCALE_DRY_RUN")]
     dry_run: bool,
     /// Address of the admin server: /metrics, /healthz, /readyz.

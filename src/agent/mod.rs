@@ -155,7 +155,13 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
 
     let (_always_leader, mut leading) = leader::always();
-    if let Some(leader_options) = &options.leader {
+    if options.dry_run && options.leader.is_some() {
+        // A dry run writes nothing, and a Lease is a write: a dry-run replica beside the real
+        // agent would otherwise take the lead from it and stop its writes.
+        warn!(
+            "--dry-run: leader election is off, this replica decides for itself and writes nothing"
+        );
+    } else if let Some(leader_options) = &options.leader {
         leading = leader::elect(
             client.clone(),
             &namespace,

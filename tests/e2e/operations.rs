@@ -470,7 +470,8 @@ async fn pause_annotations_hpa_guard_and_dry_run_write_nothing() {
     let agent = Agent::start_in(
         &rule("dry", &queue, &moto.endpoint(), 5, ""),
         &kube,
-        &["--dry-run"],
+        // With leader election asked for too: a dry run must not take (write) the Lease.
+        &["--dry-run", "--leader-elect"],
     );
     let decided = eventually(Duration::from_secs(10), || {
         agent.logs().contains("would rescale")
