@@ -167,7 +167,10 @@ fn signed_headers(
             &payload.json,
         )?;
         for (name, value) in signature.headers {
-            headers.insert(HeaderName::from_static(name), value);
+            // aws_sigv4's own names, all valid; checked anyway rather than trusted to be.
+            let name = HeaderName::try_from(name)
+                .map_err(|e| TriggerError::Credentials(format!("aws_sigv4: header {name}: {e}")))?;
+            headers.insert(name, value);
         }
         let secret = signature.secrets.last().cloned().unwrap_or_default();
         return Ok((headers, secret));
