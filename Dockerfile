@@ -16,10 +16,10 @@
 # (Debian 12). The process runs as the fixed UID/GID 65532 ("nonroot") and writes nothing to
 # disk, so a read-only root filesystem works (the Deployment in manifests/ sets one).
 #
-# Size (estimate; no Docker daemon where this was written): about 47 MB uncompressed, i.e. the
-# distroless cc base (about 23 MB) plus the qscale binary (24 MB: `cargo build --release` of
-# qscale 0.1.0 on x86_64, stripped; 9.5 MB gzipped), so about 18 MB to pull. Measure it with
-# `docker images qscale:dev` (SIZE) after a build.
+# Size (estimate; no Docker daemon where this was written): about 37 MB uncompressed, i.e. the
+# distroless cc base (about 23 MB) plus the qscale binary (13.6 MB: `cargo build --release` of
+# qscale 0.1.0 on x86_64, built for size and stripped; 6.0 MB gzipped), so about 15 MB to
+# pull. Measure it with `docker images qscale:dev` (SIZE) after a build.
 
 ARG RUST_VERSION=1.95
 
