@@ -138,11 +138,16 @@ async fn two_replicas_one_writer_and_a_handover_within_the_lease() {
         first.logs(),
         second.logs()
     );
-    let writers = [&first, &second]
-        .iter()
-        .filter(|a| a.logs().contains("rescaled"))
-        .count();
-    assert_eq!(writers, 1, "exactly one replica writes");
+    // The agent logs "rescaled" after the PATCH returns and the log pipe is read on another
+    // thread, so the count may show in the fake before the line does: wait for the line.
+    let writers = || {
+        [&first, &second]
+            .iter()
+            .filter(|a| a.logs().contains("rescaled"))
+            .count()
+    };
+    let _ = eventually(Duration::from_secs(3), || writers() > 0).await;
+    assert_eq!(writers(), 1, "exactly one replica writes");
     let (mut leader, standby) = if first.logs().contains("leading: starting") {
         (first, second)
     } else {
