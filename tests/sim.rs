@@ -37,7 +37,7 @@ fn rule(extra: &str) -> Rule {
         "#
     );
     let mut file = config::parse("test.toml", &text, Format::Toml).expect("valid test rule");
-    file.rules.remove(0)
+    std::sync::Arc::unwrap_or_clone(file.rules.remove(0))
 }
 
 fn setup(rule: Rule) -> Setup {

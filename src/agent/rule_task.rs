@@ -43,7 +43,7 @@ pub struct Shared {
 
 /// A rule with its pollers and memory, ready to run.
 pub struct RuleTask {
-    pub rule: Rule,
+    pub rule: Arc<Rule>,
     pub pollers: Vec<TriggerPoller>,
     pub memory: Memory,
     /// The last write (from, to, when), until the watch cache shows it.
@@ -57,7 +57,7 @@ pub struct RuleTask {
 }
 
 impl RuleTask {
-    pub fn new(rule: Rule, pollers: Vec<TriggerPoller>, memory: Memory) -> Self {
+    pub fn new(rule: Arc<Rule>, pollers: Vec<TriggerPoller>, memory: Memory) -> Self {
         RuleTask {
             rule,
             pollers,

@@ -16,7 +16,7 @@ use crate::policy::Memory;
 use crate::triggers::PollerFactory;
 
 struct Running {
-    rule: Rule,
+    rule: Arc<Rule>,
     stop: watch::Sender<bool>,
     handle: JoinHandle<Memory>,
 }
@@ -49,7 +49,7 @@ impl Supervisor {
 
     /// Brings the running tasks in line with `rules`.
     pub async fn apply(&mut self, rules: &RulesFile) {
-        let wanted: HashMap<&str, &Rule> =
+        let wanted: HashMap<&str, &Arc<Rule>> =
             rules.rules.iter().map(|r| (r.name.as_str(), r)).collect();
         let gone: Vec<String> = self
             .running
@@ -93,7 +93,7 @@ impl Supervisor {
         self.shared.metrics.tasks.set(self.running.len() as i64);
     }
 
-    async fn start(&mut self, rule: Rule, memory: Memory) {
+    async fn start(&mut self, rule: Arc<Rule>, memory: Memory) {
         let mut pollers = Vec::with_capacity(rule.triggers.len());
         for trigger in &rule.triggers {
             pollers.push(self.factory.build(trigger, rule.poll_interval.get()).await);

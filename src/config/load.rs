@@ -2,6 +2,7 @@
 //! the shape, then [`super::validate`] for what serde cannot say.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::value::Value;
@@ -33,7 +34,9 @@ impl Format {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RulesFile {
     pub source_name: String,
-    pub rules: Vec<Rule>,
+    /// Shared with the rule tasks that run them: a thousand rules are kept once, not once per
+    /// holder (BENCHMARKS.md, finding 20).
+    pub rules: Vec<Arc<Rule>>,
 }
 
 /// The file's top level, with rules kept as raw values so each rule is read (and its errors
@@ -133,7 +136,7 @@ pub fn parse(source_name: &str, text: &str, format: Format) -> Result<RulesFile,
     if problems.is_empty() {
         Ok(RulesFile {
             source_name: source_name.to_string(),
-            rules,
+            rules: rules.into_iter().map(Arc::new).collect(),
         })
     } else {
         Err(ConfigError {

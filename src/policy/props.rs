@@ -17,7 +17,7 @@ fn base_rule() -> Rule {
         target_per_replica = 5
     "#;
     let mut file = config::parse("prop.toml", text, Format::Toml).expect("valid rule");
-    file.rules.remove(0)
+    std::sync::Arc::unwrap_or_clone(file.rules.remove(0))
 }
 
 prop_compose! {

@@ -152,9 +152,9 @@ fn select_rule(path: &Path, name: Option<&str>) -> anyhow::Result<Rule> {
             .rules
             .iter()
             .find(|r| r.name == name)
-            .cloned()
+            .map(|r| Rule::clone(r))
             .with_context(|| format!("{}: no rule {name:?}; rules: {}", path.display(), names())),
-        None if file.rules.len() == 1 => Ok(file.rules[0].clone()),
+        None if file.rules.len() == 1 => Ok(Rule::clone(&file.rules[0])),
         None => anyhow::bail!(
             "{} has {} rules; choose one with --rule ({})",
             path.display(),

@@ -1,18 +1,16 @@
 //! The HPA guard: qscale never writes a target that a HorizontalPodAutoscaler also scales.
 
-use kube::api::DynamicObject;
-
+use super::store::ScaleTargetRef;
 use crate::config::TargetRef;
 
-/// Whether `hpa`'s `scaleTargetRef` is `target`.
-pub fn scales(hpa: &DynamicObject, target: &TargetRef) -> bool {
+/// Whether an HPA's `scaleTargetRef` is `target`.
+pub fn scales(reference: &ScaleTargetRef, target: &TargetRef) -> bool {
     let target_group = group_of(target.api_version().unwrap_or_default());
-    let reference = &hpa.data["spec"]["scaleTargetRef"];
-    let kind = reference["kind"].as_str().unwrap_or_default();
-    let name = reference["name"].as_str().unwrap_or_default();
     // An HPA's apiVersion may name another version of the same group.
-    let group = reference["apiVersion"].as_str().map(group_of);
-    kind == target.kind && name == target.name && group.is_none_or(|g| g == target_group)
+    let group = reference.api_version.as_deref().map(group_of);
+    reference.kind == target.kind
+        && reference.name == target.name
+        && group.is_none_or(|g| g == target_group)
 }
 
 fn group_of(api_version: &str) -> &str {
@@ -22,10 +20,15 @@ fn group_of(api_version: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::Cached;
+    use kube::api::DynamicObject;
 
     fn competing_hpa(target: &TargetRef, hpas: &[DynamicObject]) -> Option<String> {
         hpas.iter()
-            .find(|hpa| scales(hpa, target))
+            .find(|hpa| {
+                let cached = Cached::from_object(hpa);
+                cached.scale_target.is_some_and(|r| scales(&r, target))
+            })
             .and_then(|hpa| hpa.metadata.name.clone())
     }
 

@@ -9,18 +9,19 @@ mod error;
 mod hpa;
 mod limit;
 mod resolve;
+mod store;
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Client;
 
 pub use cache::WatchCache;
 pub use error::TargetError;
 pub use limit::{RequestLimit, MAX_CONCURRENT_REQUESTS};
 pub use resolve::Resolver;
+pub use store::{Cached, ScaleTargetRef, Store};
 
 use crate::config::TargetRef;
 use crate::policy::TargetState;
@@ -44,9 +45,8 @@ pub struct Observation {
 /// Where one target is found in the watch cache: its kind's store, its key there, and the
 /// HPA store. The watches run for the life of the agent, so a view found once stays valid.
 pub struct TargetView {
-    key: ObjectRef<DynamicObject>,
-    objects: Store<DynamicObject>,
-    hpas: Store<DynamicObject>,
+    objects: Store,
+    hpas: Store,
 }
 
 /// Reads and writes targets in one namespace.
@@ -94,19 +94,21 @@ impl Targets {
         };
         let object = view
             .objects
-            .get(&view.key)
+            .get(&target.name)
             .ok_or_else(|| TargetError::NotFound(target.display()))?;
-        let replicas = match object.data["spec"]["replicas"].as_u64() {
+        let replicas = match object.replicas {
             Some(replicas) => u32::try_from(replicas).unwrap_or(u32::MAX),
             None => Box::pin(self.read_scale(target)).await?.current_replicas,
         };
-        let competing_hpa = view
-            .hpas
-            .find(|hpa| hpa::scales(hpa, target))
-            .and_then(|hpa| hpa.metadata.name.clone());
-        let state = match &object.metadata.annotations {
-            Some(annotations) => state_from(replicas, annotations),
-            None => state_from(replicas, &Default::default()),
+        let competing_hpa = view.hpas.find(|hpa| {
+            hpa.scale_target
+                .as_ref()
+                .is_some_and(|reference| hpa::scales(reference, target))
+        });
+        let state = TargetState {
+            current_replicas: replicas,
+            paused: object.paused,
+            paused_replicas: object.paused_replicas,
         };
         Ok(Observation {
             state,
@@ -117,7 +119,6 @@ impl Targets {
     async fn view(&self, target: &TargetRef) -> Result<TargetView, TargetError> {
         let resource = self.resolver.resolve(target).await?;
         Ok(TargetView {
-            key: self.cache.key(&resource, &target.name),
             objects: self.cache.store(&resource).await?,
             hpas: self.cache.store(&WatchCache::hpa_resource()).await?,
         })
@@ -164,11 +165,15 @@ impl Targets {
             other => other?,
         };
         let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
-        let annotations = meta.metadata.annotations.unwrap_or_default();
-        Ok(state_from(
-            u32::try_from(replicas).unwrap_or(0),
-            &annotations,
-        ))
+        let (paused, paused_replicas) = match &meta.metadata.annotations {
+            Some(annotations) => store::pause_annotations(annotations),
+            None => (false, None),
+        };
+        Ok(TargetState {
+            current_replicas: u32::try_from(replicas).unwrap_or(0),
+            paused,
+            paused_replicas,
+        })
     }
 
     /// Sets `spec.replicas` through `/scale` with a merge patch. A conflict is followed by a
@@ -215,21 +220,6 @@ impl Targets {
                 tracing::debug!(target = %what, %error, ?delay, "retrying scale write");
             })
             .await
-    }
-}
-
-fn state_from(
-    replicas: u32,
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> TargetState {
-    TargetState {
-        current_replicas: replicas,
-        paused: annotations
-            .get(PAUSED_ANNOTATION)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
-        paused_replicas: annotations
-            .get(PAUSED_REPLICAS_ANNOTATION)
-            .and_then(|v| v.trim().parse().ok()),
     }
 }
 

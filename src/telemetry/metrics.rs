@@ -52,7 +52,8 @@ pub struct DirectionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub rule: String,
-    pub state: String,
+    /// One of [`RULE_STATES`]: five series per rule, so no allocation per label value.
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,7 +228,7 @@ impl Metrics {
         for state in RULE_STATES {
             self.rule_state.remove(&StateLabels {
                 rule: rule.to_string(),
-                state: state.to_string(),
+                state,
             });
         }
         for trigger in triggers {

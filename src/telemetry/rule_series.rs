@@ -41,7 +41,7 @@ impl RuleSeries {
                     .rule_state
                     .get_or_create(&StateLabels {
                         rule: rule.to_string(),
-                        state: (*state).to_string(),
+                        state,
                     })
                     .clone()
             })
