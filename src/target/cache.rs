@@ -20,7 +20,7 @@ use super::TargetError;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Watches per resource type, started on a rule's first tick. They run for the life of the
-/// agent: one `Targets` (and so one cache) is made per process, the reflectors retry their own
+/// agent: one `Targets` (and so one cache) is made per process, the watches retry their own
 /// errors with backoff, and a replica that loses the lead keeps its watches, so it takes over
 /// again without listing (a standby that never led has none: it ticks no rules).
 #[derive(Clone)]
