@@ -2,6 +2,7 @@
 //! run one task per rule while leading, apply edits to the rules, stop on a signal.
 
 mod clock;
+mod heap;
 mod leader;
 mod rule_task;
 mod shutdown;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::heap;
 use super::rule_task::{label, RuleTask, Shared};
 use super::shutdown::Shutdown;
 use crate::config::{Rule, RulesFile};
@@ -91,6 +92,8 @@ impl Supervisor {
             self.start(rule.clone(), memory).await;
         }
         self.shared.metrics.tasks.set(self.running.len() as i64);
+        // Starting rules leaves the heap full of freed temporaries; see `heap`.
+        heap::release_after(heap::SETTLE);
     }
 
     async fn start(&mut self, rule: Arc<Rule>, memory: Memory) {
@@ -121,6 +124,7 @@ impl Supervisor {
             }
         }
         self.shared.metrics.tasks.set(0);
+        heap::release_after(Duration::ZERO);
         memories
     }
 }
