@@ -1,5 +1,5 @@
-//! A watch cache of the namespace's objects that qscale reads: the targets (any kind, as dynamic
-//! objects) and HorizontalPodAutoscalers. At steady state qscale reads from here and sends no
+//! A watch cache of the namespace's objects that qscale reads: the targets (any kind, watched as
+//! dynamic objects, kept as the few fields of `store::Cached`) and HorizontalPodAutoscalers. At steady state qscale reads from here and sends no
 //! requests but its watches.
 
 use std::collections::HashMap;

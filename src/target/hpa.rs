@@ -20,7 +20,7 @@ fn group_of(api_version: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Cached;
+    use crate::target::store::Cached;
     use kube::api::DynamicObject;
 
     fn competing_hpa(target: &TargetRef, hpas: &[DynamicObject]) -> Option<String> {

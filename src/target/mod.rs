@@ -21,7 +21,7 @@ pub use cache::WatchCache;
 pub use error::TargetError;
 pub use limit::{RequestLimit, MAX_CONCURRENT_REQUESTS};
 pub use resolve::Resolver;
-pub use store::{Cached, ScaleTargetRef, Store};
+use store::Store;
 
 use crate::config::TargetRef;
 use crate::policy::TargetState;
@@ -165,10 +165,8 @@ impl Targets {
             other => other?,
         };
         let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
-        let (paused, paused_replicas) = match &meta.metadata.annotations {
-            Some(annotations) => store::pause_annotations(annotations),
-            None => (false, None),
-        };
+        let (paused, paused_replicas) =
+            store::pause_annotations(meta.metadata.annotations.as_ref());
         Ok(TargetState {
             current_replicas: u32::try_from(replicas).unwrap_or(0),
             paused,

@@ -40,10 +40,7 @@ pub struct ScaleTargetRef {
 
 impl Cached {
     pub fn from_object(object: &DynamicObject) -> Cached {
-        let (paused, paused_replicas) = match &object.metadata.annotations {
-            Some(annotations) => pause_annotations(annotations),
-            None => (false, None),
-        };
+        let (paused, paused_replicas) = pause_annotations(object.metadata.annotations.as_ref());
         let spec = &object.data["spec"];
         let reference = &spec["scaleTargetRef"];
         let scale_target = reference.is_object().then(|| {
@@ -64,13 +61,10 @@ impl Cached {
 }
 
 /// `qscale.io/paused` (true or not) and `qscale.io/paused-replicas` (when it parses).
-pub fn pause_annotations(annotations: &BTreeMap<String, String>) -> (bool, Option<u32>) {
-    let paused = annotations
-        .get(PAUSED_ANNOTATION)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    let replicas = annotations
-        .get(PAUSED_REPLICAS_ANNOTATION)
-        .and_then(|v| v.trim().parse().ok());
+pub fn pause_annotations(annotations: Option<&BTreeMap<String, String>>) -> (bool, Option<u32>) {
+    let get = |key: &str| annotations.and_then(|a| a.get(key));
+    let paused = get(PAUSED_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let replicas = get(PAUSED_REPLICAS_ANNOTATION).and_then(|v| v.trim().parse().ok());
     (paused, replicas)
 }
 
