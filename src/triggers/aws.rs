@@ -37,7 +37,9 @@ pub struct AwsContext {
 struct Inner {
     base: OnceCell<SdkConfig>,
     configs: tokio::sync::Mutex<HashMap<AwsIdentity, SdkConfig>>,
-    cached: Mutex<HashMap<AwsIdentity, Credentials>>,
+    /// Behind an `Arc`: `Credentials` carries a property map that a clone copies entry by
+    /// entry, and a poll asks for credentials every time.
+    cached: Mutex<HashMap<AwsIdentity, Arc<Credentials>>>,
 }
 
 impl AwsContext {
@@ -90,7 +92,10 @@ impl AwsContext {
 
     /// Credentials for signing requests by hand (SigV4 for Amazon Managed Prometheus); cached
     /// until shortly before they expire, so a poll does not call STS or IMDS.
-    pub async fn credentials(&self, identity: &AwsIdentity) -> Result<Credentials, TriggerError> {
+    pub async fn credentials(
+        &self,
+        identity: &AwsIdentity,
+    ) -> Result<Arc<Credentials>, TriggerError> {
         if let Some(credentials) = self.cached(identity) {
             return Ok(credentials);
         }
@@ -100,22 +105,27 @@ impl AwsContext {
         Box::pin(self.fetch_credentials(identity)).await
     }
 
-    async fn fetch_credentials(&self, identity: &AwsIdentity) -> Result<Credentials, TriggerError> {
+    async fn fetch_credentials(
+        &self,
+        identity: &AwsIdentity,
+    ) -> Result<Arc<Credentials>, TriggerError> {
         let config = self.sdk_config(identity).await;
         let provider = config.credentials_provider().ok_or_else(|| {
             TriggerError::Credentials("no AWS credentials provider is configured".into())
         })?;
-        let credentials = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| TriggerError::Credentials(error_chain(&e)))?;
+        let credentials = Arc::new(
+            provider
+                .provide_credentials()
+                .await
+                .map_err(|e| TriggerError::Credentials(error_chain(&e)))?,
+        );
         if let Ok(mut cached) = self.inner.cached.lock() {
             cached.insert(identity.clone(), credentials.clone());
         }
         Ok(credentials)
     }
 
-    fn cached(&self, identity: &AwsIdentity) -> Option<Credentials> {
+    fn cached(&self, identity: &AwsIdentity) -> Option<Arc<Credentials>> {
         let cached = self.inner.cached.lock().ok()?;
         let credentials = cached.get(identity)?;
         match credentials.expiry() {

@@ -228,7 +228,7 @@ impl SigV4Signer {
             headers.push((name.as_str(), value));
         }
         let signature = sign_request(
-            credentials,
+            credentials.as_ref().clone(),
             &self.region,
             &self.service,
             parts.method.as_str(),

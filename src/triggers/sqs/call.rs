@@ -7,6 +7,7 @@
 //! by `aws-sigv4` with the same cached credentials. The endpoint comes from the SDK's own
 //! resolver, once; the SDK stays for the credential chain and the one-off `GetQueueUrl`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -15,15 +16,15 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::errors::{first_paragraph, from_code};
-use super::signing::{FixedSigner, Payload, FIXED_HEADERS};
+use super::signing::{FixedSigner, Hex, Payload, FIXED_HEADERS};
 use super::transport::{HttpError, Transport};
 use super::QueueCounts;
 use crate::triggers::aws::{AwsContext, AwsIdentity};
-use crate::triggers::sigv4::{sensitive_header, sign_request};
+use crate::triggers::sigv4::sign_request;
 use crate::triggers::TriggerError;
 
-/// Room for every header the request ends up with (ours, and `host` and `content-length` that
-/// hyper adds), so the map is allocated once per call and never regrown.
+/// Room for every header the request ends up with (ours, and `content-length` that hyper adds),
+/// so the map is allocated once per call and never regrown.
 const HEADER_CAPACITY: usize = 12;
 
 /// Sent with every call, like the Prometheus client's.
@@ -40,6 +41,32 @@ pub(super) struct Endpoint {
     pub identity: AwsIdentity,
     /// `None` when the URL has a path or a query: then `aws_sigv4` signs in full.
     pub signer: Option<FixedSigner>,
+    /// The headers every call sends before it is signed, made once: with the fixed signer this
+    /// includes `host` as signed, so the client does not format it per request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Endpoint {
+    /// The unsigned headers of every call to `signer`'s endpoint.
+    pub fn headers(signer: Option<&FixedSigner>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers: Vec<_> = FIXED_HEADERS
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect();
+        headers.push((
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        ));
+        if let Some(host) = signer.and_then(FixedSigner::host) {
+            headers.push((reqwest::header::HOST, host));
+        }
+        headers
+    }
 }
 
 /// The request body, made once per queue: only the queue URL varies.
@@ -127,7 +154,10 @@ async fn attempt(
         TriggerError::Other(format!("queue {queue}: HTTP {status}"))
     } else {
         // The message is the service's: redact anything of the request it might echo.
-        let mut secrets = vec![signature, credentials.secret_access_key().to_string()];
+        let mut secrets = vec![
+            signature.as_str().to_string(),
+            credentials.secret_access_key().to_string(),
+        ];
         secrets.extend(credentials.session_token().map(str::to_string));
         let message = answer
             .message
@@ -139,26 +169,34 @@ async fn attempt(
     Err(Failure { error, transient })
 }
 
-/// The request's headers, signed, and the signature (to redact it should a server quote it).
+/// The signature of a call, kept to redact it should a server quote it back.
+enum Signature {
+    Fixed(Hex),
+    General(String),
+}
+
+impl Signature {
+    fn as_str(&self) -> &str {
+        match self {
+            Signature::Fixed(hex) => hex.as_str(),
+            Signature::General(text) => text,
+        }
+    }
+}
+
+/// The request's headers, signed, and the signature.
 fn signed_headers(
     endpoint: &Endpoint,
-    credentials: &Credentials,
+    credentials: &Arc<Credentials>,
     payload: &Payload,
-) -> Result<(HeaderMap, String), TriggerError> {
+) -> Result<(HeaderMap, Signature), TriggerError> {
     let mut headers = HeaderMap::with_capacity(HEADER_CAPACITY);
-    for (name, value) in FIXED_HEADERS {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+    for (name, value) in &endpoint.headers {
+        headers.insert(name.clone(), value.clone());
     }
-    headers.insert(
-        reqwest::header::USER_AGENT,
-        HeaderValue::from_static(USER_AGENT),
-    );
     let Some(signer) = &endpoint.signer else {
         let signature = sign_request(
-            credentials.clone(),
+            credentials.as_ref().clone(),
             &endpoint.region,
             "sqs",
             "POST",
@@ -173,36 +211,31 @@ fn signed_headers(
             headers.insert(name, value);
         }
         let secret = signature.secrets.last().cloned().unwrap_or_default();
-        return Ok((headers, secret));
+        return Ok((headers, Signature::General(secret)));
     };
-    let signed = signer.sign(credentials, payload, SystemTime::now());
-    let invalid =
-        |name: &str| TriggerError::Credentials(format!("SigV4 header {name} is not valid"));
-    let mut sensitive = |name: &'static str, value: &str| -> Result<(), TriggerError> {
-        let value = sensitive_header(value).ok_or_else(|| invalid(name))?;
-        headers.insert(HeaderName::from_static(name), value);
-        Ok(())
-    };
-    sensitive("x-amz-date", &signed.date)?;
-    sensitive("authorization", &signed.authorization)?;
-    if let Some(token) = credentials.session_token() {
-        sensitive("x-amz-security-token", token)?;
+    let signed = signer.sign(credentials, payload, SystemTime::now())?;
+    headers.insert(HeaderName::from_static("x-amz-date"), signed.date);
+    headers.insert(reqwest::header::AUTHORIZATION, signed.authorization);
+    if let Some(token) = signed.token {
+        headers.insert(HeaderName::from_static("x-amz-security-token"), token);
     }
-    Ok((headers, signed.signature))
+    Ok((headers, Signature::Fixed(signed.signature)))
 }
 
+/// Borrowed from the answer's bytes, so a poll allocates no strings. A count is digits, never
+/// an escape; a value with one is a bad answer like any other that is not a count.
 #[derive(Deserialize)]
-struct Answer {
-    #[serde(rename = "Attributes")]
-    attributes: Option<Attributes>,
+struct Answer<'a> {
+    #[serde(rename = "Attributes", borrow)]
+    attributes: Option<Attributes<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Attributes {
-    approximate_number_of_messages: Option<String>,
-    approximate_number_of_messages_not_visible: Option<String>,
-    approximate_number_of_messages_delayed: Option<String>,
+struct Attributes<'a> {
+    approximate_number_of_messages: Option<&'a str>,
+    approximate_number_of_messages_not_visible: Option<&'a str>,
+    approximate_number_of_messages_delayed: Option<&'a str>,
 }
 
 #[derive(Deserialize, Default)]
@@ -221,14 +254,14 @@ fn counts(queue: &str, text: &[u8]) -> Result<QueueCounts, TriggerError> {
     let attributes = answer.attributes.ok_or_else(|| {
         TriggerError::BadResponse(format!("queue {queue}: no attributes in the answer"))
     })?;
-    let count = |name: &str, raw: Option<String>| -> Result<u64, TriggerError> {
+    let count = |name: &str, raw: Option<&str>| -> Result<u64, TriggerError> {
         let raw = raw.ok_or_else(|| {
             TriggerError::BadResponse(format!("queue {queue}: attribute {name} missing"))
         })?;
         raw.parse().map_err(|_| {
             TriggerError::BadResponse(format!(
                 "queue {queue}: attribute {name} is {:?}, not a count",
-                first_paragraph(&raw)
+                first_paragraph(raw)
             ))
         })
     };
@@ -299,6 +332,12 @@ mod tests {
             counts("q", b"<html>"),
             Err(TriggerError::BadResponse(_))
         ));
+        let escaped = counts(
+            "q",
+            br#"{"Attributes":{"ApproximateNumberOfMessages":"\u0037",
+            "ApproximateNumberOfMessagesNotVisible":"0","ApproximateNumberOfMessagesDelayed":"0"}}"#,
+        );
+        assert!(matches!(escaped, Err(TriggerError::BadResponse(_))));
     }
 
     #[test]

@@ -149,8 +149,10 @@ impl SqsClients {
                     self.direct.get_or_init(transport::direct).clone()?,
                 ))
             };
+            let signer = FixedSigner::for_url(&parsed, &region);
             Ok(Endpoint {
-                signer: FixedSigner::for_url(&parsed, &region),
+                headers: Endpoint::headers(signer.as_ref()),
+                signer,
                 transport,
                 uri,
                 url: parsed,

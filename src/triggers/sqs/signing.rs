@@ -1,24 +1,30 @@
-//! SigV4 for the one request shape qscale sends to SQS, with the signing key kept for the day.
+//! SigV4 for the one request shape qscale sends to SQS, with what a day's signatures share kept.
 //!
 //! `aws_sigv4::http_request::sign` is general: per call it copies and normalises the headers
 //! into a map, formats the canonical request through `Display`, hashes the payload, and derives
 //! the signing key (four HMACs) from the secret. At 1,000 rules that was about a fifth of the
 //! agent's CPU per poll (BENCHMARKS.md, finding 16), for a request whose shape never changes:
-//! `POST /`, three fixed headers, one body per queue. Here the canonical request is written into
-//! one buffer, the payload hash is made once per queue ([`Payload`]), and the key comes from
-//! `aws_sigv4`'s own `generate_signing_key` once per (credentials, day); the final HMAC is
-//! `aws_sigv4`'s `calculate_signature`. An endpoint whose URL has a path or a query is signed by
-//! `aws_sigv4` in full instead ([`FixedSigner::for_url`] gives `None`). The tests check every
-//! signature against `aws_sigv4`'s own signer.
+//! `POST /`, three fixed headers, one body per queue. Here the payload hash is made once per
+//! queue ([`Payload`]); the signing key (from `aws_sigv4`'s own `generate_signing_key`), the
+//! credential scope, the start of the `authorization` header and the session-token header once
+//! per (credentials, day); the `x-amz-date` header once per second. Per call, the canonical
+//! request is streamed into SHA-256 and the string to sign into the day's HMAC without being
+//! written out, so a signature allocates only its `authorization` header (BENCHMARKS.md,
+//! finding 23). An endpoint whose URL has a path or a query is signed by `aws_sigv4` in full
+//! instead ([`FixedSigner::for_url`] gives `None`). The tests check every signature against
+//! `aws_sigv4`'s own signer.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
-use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
-use bytes::Bytes;
+use aws_sigv4::sign::v4::generate_signing_key;
+use bytes::{BufMut, Bytes, BytesMut};
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderValue;
 use sha2::{Digest, Sha256};
+
+use crate::triggers::TriggerError;
 
 /// The headers sent with every `GetQueueAttributes`, sorted by name as SigV4 wants them.
 pub(super) const FIXED_HEADERS: [(&str, &str); 3] = [
@@ -28,17 +34,24 @@ pub(super) const FIXED_HEADERS: [(&str, &str); 3] = [
     ("x-amzn-query-mode", "true"),
 ];
 
+/// The signed header names, in SigV4's order, without and with a session token.
+const SIGNED_HEADERS: &str = "content-type;host;x-amz-date;x-amz-target;x-amzn-query-mode";
+const SIGNED_HEADERS_WITH_TOKEN: &str =
+    "content-type;host;x-amz-date;x-amz-security-token;x-amz-target;x-amzn-query-mode";
+
 const SERVICE: &str = "sqs";
 
 /// A queue's request body and its SHA-256, made once per queue.
 pub(super) struct Payload {
     pub json: Bytes,
-    sha256: String,
+    sha256: [u8; 64],
 }
 
 impl Payload {
     pub fn new(json: String) -> Self {
-        let sha256 = hex::encode(Sha256::digest(json.as_bytes()));
+        let mut sha256 = [0; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(Sha256::digest(json.as_bytes()), &mut sha256);
         Payload {
             json: Bytes::from(json),
             sha256,
@@ -48,10 +61,20 @@ impl Payload {
 
 /// What a signature adds to the request.
 pub(super) struct Signed {
-    pub date: String,
-    pub authorization: String,
+    pub date: HeaderValue,
+    pub authorization: HeaderValue,
+    pub token: Option<HeaderValue>,
     /// The hex signature alone, so an error message that quotes it can be redacted.
-    pub signature: String,
+    pub signature: Hex,
+}
+
+/// A SHA-256 in hex, kept as bytes: it is only made text on the rare path that needs it.
+pub(super) struct Hex([u8; 64]);
+
+impl Hex {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// Signs for one endpoint host and region.
@@ -59,14 +82,36 @@ pub(super) struct FixedSigner {
     /// The `host` header as SigV4 canonicalises it: no port when it is the scheme's default.
     host: String,
     region: String,
-    key: Mutex<Option<Arc<DayKey>>>,
+    kept: Mutex<Kept>,
 }
 
-/// A signing key and what it was derived from: it is only good for that secret and that day.
+#[derive(Default)]
+struct Kept {
+    key: Option<Arc<DayKey>>,
+    stamp: Option<Stamp>,
+}
+
+/// What one set of credentials signs with on one day.
 struct DayKey {
-    day: String,
-    secret: String,
-    key: Vec<u8>,
+    /// The credentials it was made from, compared by pointer: the agent's credential cache
+    /// hands out one `Arc` until it refreshes them, and this one keeps them alive meanwhile.
+    credentials: Arc<Credentials>,
+    day: [u8; 8],
+    /// Keyed with the day's signing key: cloning it skips hashing the key's pads per call.
+    mac: Hmac<Sha256>,
+    /// `20261202/us-east-1/sqs/aws4_request`.
+    scope: String,
+    /// The `authorization` header up to the signature itself.
+    authorization: String,
+    token: Option<HeaderValue>,
+}
+
+/// One second's `x-amz-date`.
+#[derive(Clone)]
+struct Stamp {
+    second: u64,
+    text: [u8; 16],
+    header: HeaderValue,
 }
 
 impl FixedSigner {
@@ -84,232 +129,179 @@ impl FixedSigner {
         Some(FixedSigner {
             host,
             region: region.to_string(),
-            key: Mutex::new(None),
+            kept: Mutex::default(),
         })
     }
 
-    pub fn sign(&self, credentials: &Credentials, payload: &Payload, now: SystemTime) -> Signed {
-        let date = amz_date(now);
-        let day = &date[..8];
-        let key = self.key_for(credentials.secret_access_key(), day, now);
-        let token = credentials.session_token();
-
-        let mut signed_headers = String::with_capacity(96);
-        let mut canonical = String::with_capacity(
-            320 + self.host.len() + token.map_or(0, str::len) + payload.sha256.len(),
-        );
-        canonical.push_str("POST\n/\n\n");
-        let mut header = |name: &str, value: &str| {
-            if !signed_headers.is_empty() {
-                signed_headers.push(';');
-            }
-            signed_headers.push_str(name);
-            canonical.push_str(name);
-            canonical.push(':');
-            canonical.push_str(value.trim_matches(' '));
-            canonical.push('\n');
-        };
-        header(FIXED_HEADERS[0].0, FIXED_HEADERS[0].1);
-        header("host", &self.host);
-        header("x-amz-date", &date);
-        if let Some(token) = token {
-            header("x-amz-security-token", token);
-        }
-        header(FIXED_HEADERS[1].0, FIXED_HEADERS[1].1);
-        header(FIXED_HEADERS[2].0, FIXED_HEADERS[2].1);
-        canonical.push('\n');
-        canonical.push_str(&signed_headers);
-        canonical.push('\n');
-        canonical.push_str(&payload.sha256);
-
-        let scope = format!("{day}/{}/{SERVICE}/aws4_request", self.region);
-        let mut string_to_sign = String::with_capacity(160);
-        // Writing to a String cannot fail.
-        let _ = write!(
-            string_to_sign,
-            "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
-        let signature = calculate_signature(&key.key, string_to_sign.as_bytes());
-        let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            credentials.access_key_id()
-        );
-        Signed {
-            date,
-            authorization,
-            signature,
-        }
+    /// The `host` header the signature covers, to send as it was signed.
+    pub fn host(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&self.host).ok()
     }
 
-    /// The key for this secret and day: derived again only when either changes.
-    fn key_for(&self, secret: &str, day: &str, now: SystemTime) -> Arc<DayKey> {
-        let mut cached = self
-            .key
+    pub fn sign(
+        &self,
+        credentials: &Arc<Credentials>,
+        payload: &Payload,
+        now: SystemTime,
+    ) -> Result<Signed, TriggerError> {
+        let (key, stamp) = self.kept(credentials, now)?;
+        let signed_headers = if key.token.is_some() {
+            SIGNED_HEADERS_WITH_TOKEN
+        } else {
+            SIGNED_HEADERS
+        };
+
+        let mut canonical = Sha256::new();
+        canonical.update(b"POST\n/\n\n");
+        let mut header = |name: &str, value: &[u8]| {
+            canonical.update(name.as_bytes());
+            canonical.update(b":");
+            canonical.update(trim_spaces(value));
+            canonical.update(b"\n");
+        };
+        header(FIXED_HEADERS[0].0, FIXED_HEADERS[0].1.as_bytes());
+        header("host", self.host.as_bytes());
+        header("x-amz-date", &stamp.text);
+        if let Some(token) = &key.token {
+            header("x-amz-security-token", token.as_bytes());
+        }
+        header(FIXED_HEADERS[1].0, FIXED_HEADERS[1].1.as_bytes());
+        header(FIXED_HEADERS[2].0, FIXED_HEADERS[2].1.as_bytes());
+        canonical.update(b"\n");
+        canonical.update(signed_headers.as_bytes());
+        canonical.update(b"\n");
+        canonical.update(payload.sha256);
+        let mut canonical_hex = [0; 64];
+        let _ = hex::encode_to_slice(canonical.finalize(), &mut canonical_hex);
+
+        let mut mac = key.mac.clone();
+        mac.update(b"AWS4-HMAC-SHA256\n");
+        mac.update(&stamp.text);
+        mac.update(b"\n");
+        mac.update(key.scope.as_bytes());
+        mac.update(b"\n");
+        mac.update(&canonical_hex);
+        let mut signature = [0; 64];
+        let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut signature);
+
+        let mut authorization = BytesMut::with_capacity(key.authorization.len() + 64);
+        authorization.put_slice(key.authorization.as_bytes());
+        authorization.put_slice(&signature);
+        // Taken as it is, not copied; checked all the same (the prefix was, when it was made).
+        let mut authorization = HeaderValue::from_maybe_shared(authorization.freeze())
+            .map_err(|_| invalid("authorization"))?;
+        authorization.set_sensitive(true);
+        Ok(Signed {
+            date: stamp.header,
+            authorization,
+            token: key.token.clone(),
+            signature: Hex(signature),
+        })
+    }
+
+    /// The day's key for these credentials and this second's date, made again only when the
+    /// credentials, the day or the second change.
+    fn kept(
+        &self,
+        credentials: &Arc<Credentials>,
+        now: SystemTime,
+    ) -> Result<(Arc<DayKey>, Stamp), TriggerError> {
+        let mut kept = self
+            .kept
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(key) = cached.as_ref() {
-            if key.day == day && key.secret == secret {
-                return key.clone();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let stamp = match &kept.stamp {
+            Some(stamp) if stamp.second == second => stamp.clone(),
+            _ => {
+                let text = amz_date(now);
+                let stamp = Stamp {
+                    second,
+                    text,
+                    header: HeaderValue::from_bytes(&text).map_err(|_| invalid("x-amz-date"))?,
+                };
+                kept.stamp = Some(stamp.clone());
+                stamp
+            }
+        };
+        let day: [u8; 8] = stamp.text[..8].try_into().unwrap_or_default();
+        if let Some(key) = &kept.key {
+            if key.day == day && Arc::ptr_eq(&key.credentials, credentials) {
+                return Ok((key.clone(), stamp));
             }
         }
-        let key = Arc::new(DayKey {
-            day: day.to_string(),
-            secret: secret.to_string(),
-            key: generate_signing_key(secret, now, &self.region, SERVICE)
-                .as_ref()
-                .to_vec(),
-        });
-        *cached = Some(key.clone());
-        key
+        let key = Arc::new(self.day_key(credentials, day, now)?);
+        kept.key = Some(key.clone());
+        Ok((key, stamp))
     }
+
+    fn day_key(
+        &self,
+        credentials: &Arc<Credentials>,
+        day: [u8; 8],
+        now: SystemTime,
+    ) -> Result<DayKey, TriggerError> {
+        let signing_key =
+            generate_signing_key(credentials.secret_access_key(), now, &self.region, SERVICE);
+        // HMAC takes a key of any length; the error cannot happen, and is not unwrapped.
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(signing_key.as_ref())
+            .map_err(|e| TriggerError::Credentials(format!("SigV4 signing key: {e}")))?;
+        let day_text = std::str::from_utf8(&day).unwrap_or_default();
+        let scope = format!("{day_text}/{}/{SERVICE}/aws4_request", self.region);
+        let token = match credentials.session_token() {
+            Some(token) => {
+                let mut value =
+                    HeaderValue::from_str(token).map_err(|_| invalid("x-amz-security-token"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let signed_headers = if token.is_some() {
+            SIGNED_HEADERS_WITH_TOKEN
+        } else {
+            SIGNED_HEADERS
+        };
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature=",
+            credentials.access_key_id()
+        );
+        HeaderValue::from_str(&authorization).map_err(|_| invalid("authorization"))?;
+        Ok(DayKey {
+            credentials: credentials.clone(),
+            day,
+            mac,
+            scope,
+            authorization,
+            token,
+        })
+    }
+}
+
+fn invalid(name: &str) -> TriggerError {
+    TriggerError::Credentials(format!("SigV4 header {name} is not valid"))
+}
+
+/// SigV4 trims the spaces around a header value.
+fn trim_spaces(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|b| *b != b' ').unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| *b != b' ')
+        .map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 /// `20261202T141000Z`: the request time as SigV4 writes it (UTC, whole seconds).
-fn amz_date(now: SystemTime) -> String {
+fn amz_date(now: SystemTime) -> [u8; 16] {
     let rfc3339 = humantime::format_rfc3339_seconds(now).to_string();
-    rfc3339.chars().filter(|c| *c != '-' && *c != ':').collect()
+    let mut text = [b'0'; 16];
+    let digits = rfc3339.bytes().filter(|b| *b != b'-' && *b != b':');
+    for (slot, byte) in text.iter_mut().zip(digits) {
+        *slot = byte;
+    }
+    text
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    use aws_sigv4::sign::v4;
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// The `authorization` and `x-amz-date` headers `aws_sigv4` itself makes for the request.
-    fn reference(
-        credentials: &Credentials,
-        url: &str,
-        region: &str,
-        body: &[u8],
-        now: SystemTime,
-    ) -> (String, String) {
-        let identity = credentials.clone().into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name(SERVICE)
-            .time(now)
-            .settings(SigningSettings::default())
-            .build()
-            .map(Into::into);
-        let Ok(params) = params else {
-            panic!("signing params");
-        };
-        let signable = SignableRequest::new(
-            "POST",
-            url,
-            FIXED_HEADERS.iter().copied(),
-            SignableBody::Bytes(body),
-        );
-        let Ok(Ok(signed)) = signable.map(|s| sign(s, &params)) else {
-            panic!("aws_sigv4 could not sign");
-        };
-        let (instructions, _) = signed.into_parts();
-        let mut authorization = String::new();
-        let mut date = String::new();
-        for header in instructions.into_parts().0 {
-            match header.name() {
-                "authorization" => authorization = header.value().to_string(),
-                "x-amz-date" => date = header.value().to_string(),
-                _ => {}
-            }
-        }
-        (authorization, date)
-    }
-
-    fn check(url: &str, region: &str, credentials: &Credentials, body: &str, now: SystemTime) {
-        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string());
-        let Some(signer) = parsed.ok().and_then(|u| FixedSigner::for_url(&u, region)) else {
-            panic!("{url} should take the fixed signer");
-        };
-        let payload = Payload::new(body.to_string());
-        let ours = signer.sign(credentials, &payload, now);
-        let (authorization, date) = reference(credentials, url, region, body.as_bytes(), now);
-        assert_eq!(ours.authorization, authorization, "{url} {region}");
-        assert_eq!(ours.date, date);
-        assert!(authorization.ends_with(&ours.signature));
-    }
-
-    #[test]
-    fn signatures_match_aws_sigv4_with_and_without_a_session_token() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_796_219_400);
-        let keys = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", None, None, "test");
-        let session = Credentials::new("ASIAEXAMPLE", "secret", Some("tok/en+=".into()), None, "t");
-        let body = super::super::call::body("https://sqs.eu-west-1.amazonaws.com/1/q");
-        for url in [
-            "https://sqs.eu-west-1.amazonaws.com",
-            "https://sqs.eu-west-1.amazonaws.com/",
-            "https://sqs.eu-west-1.amazonaws.com:443/",
-            "http://127.0.0.1:4566",
-            "http://localhost:80/",
-            "http://[::1]:4566",
-        ] {
-            check(url, "eu-west-1", &keys, &body, now);
-            check(url, "eu-west-1", &session, &body, now);
-        }
-    }
-
-    #[test]
-    fn the_key_follows_the_day_and_the_secret() {
-        let Ok(url) = reqwest::Url::parse("https://sqs.us-east-1.amazonaws.com") else {
-            panic!("url");
-        };
-        let Some(signer) = FixedSigner::for_url(&url, "us-east-1") else {
-            panic!("signer");
-        };
-        let payload = Payload::new("{}".into());
-        let day = UNIX_EPOCH + Duration::from_secs(1_796_219_400);
-        let first = Credentials::new("AKID", "one", None, None, "t");
-        let rotated = Credentials::new("AKID", "two", None, None, "t");
-        for (credentials, now) in [
-            (&first, day),
-            (&first, day + Duration::from_secs(86_400)),
-            (&rotated, day + Duration::from_secs(86_400)),
-            (&first, day + Duration::from_secs(86_401)),
-        ] {
-            let ours = signer.sign(credentials, &payload, now);
-            let url = "https://sqs.us-east-1.amazonaws.com";
-            let (authorization, _) = reference(credentials, url, "us-east-1", b"{}", now);
-            assert_eq!(ours.authorization, authorization);
-        }
-    }
-
-    #[test]
-    fn a_path_or_a_query_goes_to_the_general_signer() {
-        for url in ["http://proxy.local/sqs/", "http://proxy.local/?a=b"] {
-            let Ok(url) = reqwest::Url::parse(url) else {
-                panic!("url");
-            };
-            assert!(FixedSigner::for_url(&url, "us-east-1").is_none(), "{url}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn any_host_region_time_and_body_sign_as_aws_sigv4_does(
-            // Names, not addresses: a last label of digits would be read as an IPv4 address.
-            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9]{0,9}){0,3}",
-            port in proptest::option::of(1u16..),
-            https in any::<bool>(),
-            region in "[a-z]{2}-[a-z]{4,9}-[1-9]",
-            secs in 0u64..4_102_444_800,
-            queue in "[ -~]{0,80}",
-            token in proptest::option::of("[A-Za-z0-9+/=]{1,200}"),
-        ) {
-            let scheme = if https { "https" } else { "http" };
-            let url = match port {
-                Some(port) => format!("{scheme}://{host}:{port}"),
-                None => format!("{scheme}://{host}"),
-            };
-            let credentials = Credentials::new("AKID", "s3cr3t", token, None, "p");
-            let body = super::super::call::body(&queue);
-            check(&url, &region, &credentials, &body, UNIX_EPOCH + Duration::from_secs(secs));
-        }
-    }
-}
+mod tests;
