@@ -10,7 +10,7 @@ use crate::support::moto::Moto;
 use crate::support::{always, eventually};
 
 /// A rule on one SQS queue, polled every second, with a short cooldown.
-fn rule(name: &str, kind: &str, queue_url: &str, endpoint: &str, extra: &str) -> String {
+pub(crate) fn rule(name: &str, kind: &str, queue_url: &str, endpoint: &str, extra: &str) -> String {
     format!(
         r#"
 [[rules]]
@@ -33,7 +33,7 @@ timeout = "2s"
     )
 }
 
-fn replicas(kube: &Cluster, kind: &str, name: &str) -> i32 {
+pub(crate) fn replicas(kube: &Cluster, kind: &str, name: &str) -> i32 {
     kube.replicas(kind, kube.namespace(), name).unwrap_or(-1)
 }
 

@@ -70,6 +70,23 @@ impl Agent {
         Self::spawn(cmd, dir, kubeconfig, extra)
     }
 
+    /// [`Agent::start_in`] with `HTTP_PROXY` set to `proxy` and no `NO_PROXY`, as a pod behind an
+    /// egress proxy runs. The API server is unaffected: kube reads only `HTTPS_PROXY`.
+    pub fn start_in_behind_proxy(rules: &str, cluster: &Cluster, proxy: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules_path = dir.path().join("rules.toml");
+        std::fs::write(&rules_path, rules).expect("write rules");
+        let kubeconfig = cluster.write_kubeconfig(dir.path(), cluster.namespace());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&rules_path)
+            .env("HTTP_PROXY", proxy)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        Self::spawn(cmd, dir, &kubeconfig, &[])
+    }
+
     /// Starts `qscale run` with the rules in a ConfigMap (`--config-map NAME/KEY`).
     pub fn start_config_map(kube: &FakeKube, config_map: &str, extra: &[&str]) -> Agent {
         Self::start_from_config_map(
@@ -112,6 +129,13 @@ impl Agent {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
         aws_env(&mut cmd);
+        // Tests reach only 127.0.0.1: a proxy of the outer environment must not carry the
+        // agent's SQS calls (plain http) anywhere else. The proxy test sets its own.
+        if !cmd.get_envs().any(|(name, _)| name == "HTTP_PROXY") {
+            for name in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+                cmd.env_remove(name);
+            }
+        }
         let child = cmd.spawn().expect("spawn qscale");
         Agent {
             child: Some(child),
