@@ -8,6 +8,7 @@ pub(crate) mod error;
 mod poller;
 mod preflight;
 pub mod prometheus;
+mod secrets;
 mod shared;
 mod sigv4;
 pub mod sqs;

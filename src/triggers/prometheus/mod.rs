@@ -21,7 +21,8 @@ use crate::config::{OnEmpty, PrometheusTrigger};
 use crate::triggers::aws::AwsContext;
 use crate::triggers::TriggerError;
 
-use auth::{Auth, RequestParts, Secrets};
+use crate::triggers::secrets::Secrets;
+use auth::{Auth, RequestParts};
 pub use client::{HttpClients, CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 pub use response::parse_response;
 

@@ -20,6 +20,7 @@ use super::signing::{FixedSigner, Hex, Payload, FIXED_HEADERS};
 use super::transport::{HttpError, Transport};
 use super::QueueCounts;
 use crate::triggers::aws::{AwsContext, AwsIdentity};
+use crate::triggers::secrets::Secrets;
 use crate::triggers::sigv4::sign_request;
 use crate::triggers::TriggerError;
 
@@ -154,15 +155,16 @@ async fn attempt(
         TriggerError::Other(format!("queue {queue}: HTTP {status}"))
     } else {
         // The message is the service's: redact anything of the request it might echo.
-        let mut secrets = vec![
-            signature.as_str().to_string(),
-            credentials.secret_access_key().to_string(),
-        ];
-        secrets.extend(credentials.session_token().map(str::to_string));
+        let mut secrets = Secrets::default();
+        secrets.add(signature.as_str());
+        secrets.add(credentials.secret_access_key());
+        if let Some(token) = credentials.session_token() {
+            secrets.add(token);
+        }
         let message = answer
             .message
             .or(answer.message_upper)
-            .map(|m| redact(&m, &secrets));
+            .map(|m| secrets.scrub(&m));
         from_code(queue, &code, message.as_deref())
     };
     let transient = matches!(error, TriggerError::Throttled(_)) || status.is_server_error();
@@ -286,12 +288,6 @@ fn short_type(error_type: &str) -> &str {
     error_type.rsplit('#').next().unwrap_or(error_type)
 }
 
-fn redact(text: &str, secrets: &[String]) -> String {
-    secrets.iter().fold(text.to_string(), |text, secret| {
-        text.replace(secret.as_str(), "<redacted>")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,8 +346,9 @@ mod tests {
 
     #[test]
     fn a_message_quoting_a_secret_is_redacted() {
-        let text = redact("bad: wJalrXUtnFEMI.", &["wJalrXUtnFEMI".to_string()]);
-        assert_eq!(text, "bad: <redacted>.");
+        let mut secrets = Secrets::default();
+        secrets.add("wJalrXUtnFEMI");
+        assert_eq!(secrets.scrub("bad: wJalrXUtnFEMI."), "bad: <redacted>.");
         assert_eq!(
             short_type("com.amazonaws.sqs#QueueDoesNotExist"),
             "QueueDoesNotExist"
