@@ -25,6 +25,7 @@ mod support;
 
 use support::fake_kube::FakeKube;
 use support::moto::Moto;
+use support::rbac::RoleCheck;
 
 const QSCALE: &str = env!("CARGO_BIN_EXE_qscale");
 
@@ -696,47 +697,6 @@ fn example_overlay_sets_namespace_image_and_irsa_without_widening_the_role() {
 // The Role is enough
 // ---------------------------------------------------------------------------------------------
 
-/// The Role's rules as the fake API server enforces them. The real API server authorizes a
-/// list or watch that selects `metadata.name=NAME` as a request for NAME; the fake does not
-/// look at field selectors, so such rules are widened here to unnamed list/watch, and the
-/// requests are checked afterwards to have selected one of the names.
-fn rules_for_the_fake(role: &Value) -> (Vec<k8s_openapi::api::rbac::v1::PolicyRule>, Vec<Grant>) {
-    let rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
-        serde_json::from_value(role["rules"].clone()).expect("Role rules");
-    let mut widened = rules.clone();
-    let mut named_lists = Vec::new();
-    for rule in &rules {
-        let names = rule.resource_names.clone().unwrap_or_default();
-        let verbs: Vec<String> = rule
-            .verbs
-            .iter()
-            .filter(|v| matches!(v.as_str(), "list" | "watch"))
-            .cloned()
-            .collect();
-        if names.is_empty() || verbs.is_empty() {
-            continue;
-        }
-        for group in rule.api_groups.iter().flatten() {
-            for resource in rule.resources.iter().flatten() {
-                for name in &names {
-                    named_lists.push(Grant {
-                        group: group.clone(),
-                        resource: resource.clone(),
-                        verb: "list/watch".to_string(),
-                        name: Some(name.clone()),
-                    });
-                }
-            }
-        }
-        widened.push(k8s_openapi::api::rbac::v1::PolicyRule {
-            resource_names: None,
-            verbs,
-            ..rule.clone()
-        });
-    }
-    (widened, named_lists)
-}
-
 /// The Deployment's env for a pod named `pod` in `namespace` (the downward API's values).
 fn pod_env(container: &Value, pod: &str, namespace: &str) -> Vec<(String, String)> {
     let mut env = Vec::new();
@@ -786,8 +746,8 @@ async fn the_role_is_enough_for_qscale_run_with_the_deployments_args() {
 
     let moto = Moto::start();
     let kube = FakeKube::start().await;
-    let (rules, named_lists) = rules_for_the_fake(role);
-    kube.set_rbac(rules);
+    let rules = serde_json::from_value(role["rules"].clone()).expect("Role rules");
+    let role_check = RoleCheck::enforce_rules(&kube, rules);
     kube.create_deployment(NS, "orders-worker", 0);
     let queue = moto.create_queue("orders").await;
     let rules_yaml = format!(
@@ -870,28 +830,11 @@ async fn the_role_is_enough_for_qscale_run_with_the_deployments_args() {
     .await;
     assert!(stopped.is_some(), "qscale stops on SIGTERM\n{}", logs());
 
-    let violations = forbidden(&kube);
+    // Refusals, and list/watch requests wider than the names the Role allows them for.
+    let violations = role_check.violations(&kube, NS);
     assert!(
         violations.is_empty(),
         "requests the Role does not allow: {violations:#?}\n{}",
         logs()
     );
-    // The widened list/watch rules: each such request selected one of the Role's names.
-    for request in kube.requests() {
-        let query = request.query.replace("%3D", "=").replace("%2F", "/");
-        for grant in &named_lists {
-            let collection = format!("/namespaces/{NS}/{}", grant.resource);
-            let name = grant.name.as_deref().unwrap_or_default();
-            if request.method == "GET" && request.path.ends_with(&collection) {
-                assert!(
-                    query.contains(&format!("fieldSelector=metadata.name={name}")),
-                    "a list/watch of {} that does not select {name}: {} {}?{}",
-                    grant.resource,
-                    request.method,
-                    request.path,
-                    request.query
-                );
-            }
-        }
-    }
 }

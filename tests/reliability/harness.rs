@@ -3,19 +3,20 @@
 //! environment, a replica recorder that samples targets every 50 ms, and metric helpers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::agent::http_get;
 use crate::support::fake_kube::FakeKube;
 use crate::support::moto;
+pub use crate::support::rbac::custom_kind_rules;
+use crate::support::rbac::RoleCheck;
 
 pub const NS: &str = "work";
 pub const DEPLOYMENT: &str = "Deployment";
@@ -24,42 +25,10 @@ pub const DEPLOYMENT: &str = "Deployment";
 // Least privilege: the shipped Role, enforced by the fake API server
 // ---------------------------------------------------------------------------------------------
 
-/// The rules of the Role in `manifests/base/role.yaml`, as shipped.
-pub fn shipped_role_rules() -> Vec<PolicyRule> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/role.yaml");
-    let text = std::fs::read_to_string(&path).expect("manifests/base/role.yaml");
-    let role: Value = serde_saphyr::from_str(&text).expect("role.yaml is YAML");
-    assert_eq!(role["kind"], "Role", "{} holds a Role", path.display());
-    serde_json::from_value(role["rules"].clone()).expect("Role rules")
-}
-
-/// The grants the example overlay documents for a custom kind with a scale subresource (see
-/// `manifests/overlays/example/kustomization.yaml`): read the objects, get/patch their /scale.
-pub fn custom_kind_rules(group: &str, plural: &str) -> Vec<PolicyRule> {
-    let rule = |resources: Vec<String>, verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.to_string()]),
-        resources: Some(resources),
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        ..PolicyRule::default()
-    };
-    vec![
-        rule(vec![plural.to_string()], &["get", "list", "watch"]),
-        rule(vec![format!("{plural}/scale")], &["get", "patch"]),
-    ]
-}
-
-/// A list or watch the Role allows only for one name (the fake does not read field
-/// selectors, so such rules are widened for it, and the requests are checked afterwards).
-#[derive(Clone, Debug)]
-struct NamedList {
-    resource: String,
-    name: String,
-}
-
 /// The fake API server, enforcing the Role (plus `extra` grants).
 pub struct Kube {
     pub fake: FakeKube,
-    named_lists: Vec<NamedList>,
+    role: RoleCheck,
 }
 
 impl std::ops::Deref for Kube {
@@ -85,37 +54,8 @@ impl Kube {
 
     pub async fn start_with_grants(extra: Vec<PolicyRule>) -> Kube {
         let fake = FakeKube::start().await;
-        let mut rules = shipped_role_rules();
-        rules.extend(extra);
-        let mut enforced = rules.clone();
-        let mut named_lists = Vec::new();
-        for rule in &rules {
-            let names = rule.resource_names.clone().unwrap_or_default();
-            let verbs: Vec<String> = rule
-                .verbs
-                .iter()
-                .filter(|v| matches!(v.as_str(), "list" | "watch"))
-                .cloned()
-                .collect();
-            if names.is_empty() || verbs.is_empty() {
-                continue;
-            }
-            for resource in rule.resources.iter().flatten() {
-                for name in &names {
-                    named_lists.push(NamedList {
-                        resource: resource.clone(),
-                        name: name.clone(),
-                    });
-                }
-            }
-            enforced.push(PolicyRule {
-                resource_names: None,
-                verbs,
-                ..rule.clone()
-            });
-        }
-        fake.set_rbac(enforced);
-        Kube { fake, named_lists }
+        let role = RoleCheck::enforce(&fake, extra);
+        Kube { fake, role }
     }
 
     pub fn replicas_of(&self, name: &str) -> i32 {
@@ -125,40 +65,11 @@ impl Kube {
     /// Every request qscale made was allowed by the Role, and every list/watch the Role allows
     /// only by name selected that name.
     pub fn assert_least_privilege(&self) {
-        let violations: Vec<String> = self
-            .fake
-            .rbac_violations()
-            .into_iter()
-            .map(|v| {
-                format!(
-                    "{} {}/{} {}",
-                    v.verb,
-                    v.api_group,
-                    v.resource,
-                    v.name.unwrap_or_else(|| "(any)".into())
-                )
-            })
-            .collect();
+        let violations = self.role.violations(&self.fake, NS);
         assert!(
             violations.is_empty(),
             "requests outside qscale's Role (manifests/base/role.yaml): {violations:#?}"
         );
-        for request in self.fake.requests() {
-            let query = request.query.replace("%3D", "=").replace("%2F", "/");
-            for named in &self.named_lists {
-                let collection = format!("/namespaces/{NS}/{}", named.resource);
-                if request.method == "GET" && request.path.ends_with(&collection) {
-                    assert!(
-                        query.contains(&format!("fieldSelector=metadata.name={}", named.name)),
-                        "a list/watch of {} that the Role only allows for {}: {}?{}",
-                        named.resource,
-                        named.name,
-                        request.path,
-                        request.query
-                    );
-                }
-            }
-        }
     }
 }
 

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use super::agent::NAMESPACE;
 use super::fake_kube::FakeKube;
+use super::rbac::RoleCheck;
 
 /// Names the kubeconfig of a real cluster to run the end-to-end tests against.
 pub const KUBECONFIG_ENV: &str = "QSCALE_E2E_KUBECONFIG";
@@ -58,6 +59,8 @@ pub fn skip_on_real_cluster(why: &str) -> bool {
 pub struct Cluster {
     namespace: String,
     backend: Backend,
+    /// On the fake, qscale's shipped Role, enforced: every test also checks least privilege.
+    role: Option<RoleCheck>,
 }
 
 enum Backend {
@@ -70,10 +73,15 @@ impl Cluster {
     /// `QSCALE_E2E_KUBECONFIG`.
     pub async fn start() -> Cluster {
         match real_kubeconfig() {
-            None => Cluster {
-                namespace: NAMESPACE.to_string(),
-                backend: Backend::Fake(FakeKube::start().await),
-            },
+            None => {
+                let fake = FakeKube::start().await;
+                let role = RoleCheck::enforce(&fake, Vec::new());
+                Cluster {
+                    namespace: NAMESPACE.to_string(),
+                    backend: Backend::Fake(fake),
+                    role: Some(role),
+                }
+            }
             Some(path) => {
                 let real = RealCluster::start(&path).await.unwrap_or_else(|e| {
                     panic!("{KUBECONFIG_ENV}={}: {e:#}", path.display());
@@ -81,6 +89,7 @@ impl Cluster {
                 Cluster {
                     namespace: real.namespace.clone(),
                     backend: Backend::Real(Box::new(real)),
+                    role: None,
                 }
             }
         }
@@ -410,6 +419,22 @@ impl RealCluster {
             .into_iter()
             .map(|e| serde_json::to_value(e).expect("event as JSON"))
             .collect()
+    }
+}
+
+impl Drop for Cluster {
+    /// A test that passed also passed under the shipped Role: no request of the agent's was
+    /// refused or wider than the Role allows (on the fake; a real cluster's kubeconfig is an
+    /// admin's).
+    fn drop(&mut self) {
+        if let (Backend::Fake(fake), Some(role)) = (&self.backend, &self.role) {
+            let violations = role.violations(fake, &self.namespace);
+            if !violations.is_empty() && !std::thread::panicking() {
+                panic!(
+                    "requests outside qscale's Role (manifests/base/role.yaml): {violations:#?}"
+                );
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod fake_prometheus;
 pub mod fault_http;
 pub mod moto;
 pub mod prometheus;
+pub mod rbac;
 pub mod sqs_faults;
 pub mod sqs_proxy;
 
