@@ -71,7 +71,8 @@ impl Agent {
     }
 
     /// [`Agent::start_in`] with `HTTP_PROXY` set to `proxy` and no `NO_PROXY`, as a pod behind an
-    /// egress proxy runs. The API server is unaffected: kube reads only `HTTPS_PROXY`.
+    /// egress proxy runs. The API server is unaffected: kube reads only `HTTPS_PROXY`, which
+    /// is removed.
     pub fn start_in_behind_proxy(rules: &str, cluster: &Cluster, proxy: &str) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules_path = dir.path().join("rules.toml");
@@ -82,6 +83,8 @@ impl Agent {
             .arg("--config")
             .arg(&rules_path)
             .env("HTTP_PROXY", proxy)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
             .env_remove("NO_PROXY")
             .env_remove("no_proxy");
         Self::spawn(cmd, dir, &kubeconfig, &[])
@@ -130,9 +133,21 @@ impl Agent {
             .stderr(log);
         aws_env(&mut cmd);
         // Tests reach only 127.0.0.1: a proxy of the outer environment must not carry the
-        // agent's SQS calls (plain http) anywhere else. The proxy test sets its own.
-        if !cmd.get_envs().any(|(name, _)| name == "HTTP_PROXY") {
-            for name in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        // agent's calls anywhere else (kube reads HTTPS_PROXY, the SQS client all of them; a
+        // real cluster behind a proxy takes `proxy-url` in its kubeconfig). The proxy test
+        // sets its own.
+        let own_proxy = cmd
+            .get_envs()
+            .any(|(name, value)| name == "HTTP_PROXY" && value.is_some());
+        if !own_proxy {
+            for name in [
+                "HTTP_PROXY",
+                "http_proxy",
+                "HTTPS_PROXY",
+                "https_proxy",
+                "ALL_PROXY",
+                "all_proxy",
+            ] {
                 cmd.env_remove(name);
             }
         }

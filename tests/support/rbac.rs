@@ -107,11 +107,17 @@ impl RoleCheck {
             })
             .collect();
         for request in fake.requests() {
+            // The fake's rules know no namespaces; a Role grants nothing outside its own.
+            if let Some(scope) = outside(&request.path, namespace) {
+                found.push(format!("{} {} ({scope})", request.method, request.path));
+            }
             let query = request.query.replace("%3D", "=").replace("%2F", "/");
             for named in &self.named_lists {
                 let collection = format!("/namespaces/{namespace}/{}", named.resource);
-                let selected =
-                    query.contains(&format!("fieldSelector=metadata.name={}", named.name));
+                let selector = format!("fieldSelector=metadata.name={}", named.name);
+                let selected = query
+                    .split('&')
+                    .any(|pair| pair == selector || pair.starts_with(&format!("{selector},")));
                 if request.method == "GET" && request.path.ends_with(&collection) && !selected {
                     found.push(format!(
                         "a list/watch of {} that the Role only allows for {}: {}?{}",
@@ -121,5 +127,54 @@ impl RoleCheck {
             }
         }
         found
+    }
+}
+
+/// Why a request for `path` is outside a Role of `namespace`: cluster-wide, or another
+/// namespace. Discovery (`/api`, `/apis/GROUP/VERSION`, `/version`) needs no grant.
+fn outside(path: &str, namespace: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return None,
+    };
+    match rest {
+        [] => None,
+        ["namespaces", ns, _resource, ..] if *ns == namespace => None,
+        ["namespaces", _, _resource, ..] => Some("another namespace"),
+        _ => Some("cluster-wide"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside;
+
+    #[test]
+    fn requests_outside_the_namespace_are_told_apart_from_discovery() {
+        assert_eq!(
+            outside("/apis/apps/v1/namespaces/work/deployments", "work"),
+            None
+        );
+        assert_eq!(
+            outside("/api/v1/namespaces/work/configmaps/x", "work"),
+            None
+        );
+        assert_eq!(outside("/apis/apps/v1", "work"), None);
+        assert_eq!(outside("/apis", "work"), None);
+        assert_eq!(outside("/version", "work"), None);
+        assert_eq!(
+            outside("/apis/apps/v1/deployments", "work"),
+            Some("cluster-wide")
+        );
+        assert_eq!(
+            outside("/api/v1/namespaces/work", "work"),
+            Some("cluster-wide")
+        );
+        assert_eq!(
+            outside("/api/v1/namespaces/other/configmaps", "work"),
+            Some("another namespace")
+        );
     }
 }

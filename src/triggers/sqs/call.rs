@@ -7,6 +7,7 @@
 //! by `aws-sigv4` with the same cached credentials. The endpoint comes from the SDK's own
 //! resolver, once; the SDK stays for the credential chain and the one-off `GetQueueUrl`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -224,8 +225,8 @@ fn signed_headers(
     Ok((headers, Signature::Fixed(signed.signature)))
 }
 
-/// Borrowed from the answer's bytes, so a poll allocates no strings. A count is digits, never
-/// an escape; a value with one is a bad answer like any other that is not a count.
+/// Borrowed from the answer's bytes, so a poll allocates no strings; a value written with a
+/// JSON escape (which SQS does not send) is unescaped into an owned one.
 #[derive(Deserialize)]
 struct Answer<'a> {
     #[serde(rename = "Attributes", borrow)]
@@ -235,10 +236,17 @@ struct Answer<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Attributes<'a> {
-    approximate_number_of_messages: Option<&'a str>,
-    approximate_number_of_messages_not_visible: Option<&'a str>,
-    approximate_number_of_messages_delayed: Option<&'a str>,
+    #[serde(borrow)]
+    approximate_number_of_messages: Option<Text<'a>>,
+    #[serde(borrow)]
+    approximate_number_of_messages_not_visible: Option<Text<'a>>,
+    #[serde(borrow)]
+    approximate_number_of_messages_delayed: Option<Text<'a>>,
 }
+
+/// serde borrows a `Cow` only as a field of its own, not inside an `Option`: hence the newtype.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize, Default)]
 struct ErrorAnswer {
@@ -256,14 +264,14 @@ fn counts(queue: &str, text: &[u8]) -> Result<QueueCounts, TriggerError> {
     let attributes = answer.attributes.ok_or_else(|| {
         TriggerError::BadResponse(format!("queue {queue}: no attributes in the answer"))
     })?;
-    let count = |name: &str, raw: Option<&str>| -> Result<u64, TriggerError> {
-        let raw = raw.ok_or_else(|| {
+    let count = |name: &str, raw: Option<Text<'_>>| -> Result<u64, TriggerError> {
+        let Text(raw) = raw.ok_or_else(|| {
             TriggerError::BadResponse(format!("queue {queue}: attribute {name} missing"))
         })?;
         raw.parse().map_err(|_| {
             TriggerError::BadResponse(format!(
                 "queue {queue}: attribute {name} is {:?}, not a count",
-                first_paragraph(raw)
+                first_paragraph(&raw)
             ))
         })
     };
@@ -333,7 +341,25 @@ mod tests {
             br#"{"Attributes":{"ApproximateNumberOfMessages":"\u0037",
             "ApproximateNumberOfMessagesNotVisible":"0","ApproximateNumberOfMessagesDelayed":"0"}}"#,
         );
-        assert!(matches!(escaped, Err(TriggerError::BadResponse(_))));
+        assert_eq!(
+            escaped.ok().map(|c| c.visible),
+            Some(7),
+            "an escaped digit is read"
+        );
+    }
+
+    #[test]
+    fn counts_are_borrowed_from_the_answer_unless_escaped() {
+        let text = br#"{"Attributes":{"ApproximateNumberOfMessages":"12",
+            "ApproximateNumberOfMessagesNotVisible":"\u0030"}}"#;
+        let answer: Answer = serde_json::from_slice(text).expect("answer");
+        let attributes = answer.attributes.expect("attributes");
+        let visible = attributes.approximate_number_of_messages.map(|t| t.0);
+        assert!(matches!(visible, Some(Cow::Borrowed("12"))));
+        let in_flight = attributes
+            .approximate_number_of_messages_not_visible
+            .map(|t| t.0);
+        assert!(matches!(in_flight, Some(Cow::Owned(ref t)) if t == "0"));
     }
 
     #[test]

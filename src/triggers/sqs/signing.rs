@@ -93,8 +93,8 @@ struct Kept {
 
 /// What one set of credentials signs with on one day.
 struct DayKey {
-    /// The credentials it was made from, compared by pointer: the agent's credential cache
-    /// hands out one `Arc` until it refreshes them, and this one keeps them alive meanwhile.
+    /// The credentials it was made from, compared by pointer first: the agent's credential
+    /// cache hands out one `Arc` until it refreshes them (see [`same_credentials`]).
     credentials: Arc<Credentials>,
     day: [u8; 8],
     /// Keyed with the day's signing key: cloning it skips hashing the key's pads per call.
@@ -226,7 +226,7 @@ impl FixedSigner {
         };
         let day: [u8; 8] = stamp.text[..8].try_into().unwrap_or_default();
         if let Some(key) = &kept.key {
-            if key.day == day && Arc::ptr_eq(&key.credentials, credentials) {
+            if key.day == day && same_credentials(&key.credentials, credentials) {
                 return Ok((key.clone(), stamp));
             }
         }
@@ -280,6 +280,15 @@ impl FixedSigner {
 
 fn invalid(name: &str) -> TriggerError {
     TriggerError::Credentials(format!("SigV4 header {name} is not valid"))
+}
+
+/// Whether `a` and `b` sign alike: the same `Arc` (the cache's steady state, one pointer
+/// compare), or equal keys, so credentials fetched again unchanged do not cost a new key.
+fn same_credentials(a: &Arc<Credentials>, b: &Arc<Credentials>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (a.access_key_id() == b.access_key_id()
+            && a.secret_access_key() == b.secret_access_key()
+            && a.session_token() == b.session_token())
 }
 
 /// SigV4 trims the spaces around a header value.

@@ -126,6 +126,61 @@ fn the_key_follows_the_day_and_the_secret() {
 }
 
 #[test]
+fn credentials_fetched_again_unchanged_keep_the_key() {
+    let Ok(url) = reqwest::Url::parse("https://sqs.us-east-1.amazonaws.com") else {
+        panic!("url");
+    };
+    let Some(signer) = FixedSigner::for_url(&url, "us-east-1") else {
+        panic!("signer");
+    };
+    let payload = Payload::new("{}".into());
+    let now = UNIX_EPOCH + Duration::from_secs(1_796_219_400);
+    let kept_key = |credentials: &Arc<Credentials>| {
+        let Ok((key, _)) = signer.kept(credentials, now) else {
+            panic!("no key");
+        };
+        key
+    };
+    let first = Arc::new(Credentials::new(
+        "AKID",
+        "one",
+        Some("tok".into()),
+        None,
+        "t",
+    ));
+    let again = Arc::new(Credentials::new(
+        "AKID",
+        "one",
+        Some("tok".into()),
+        None,
+        "t",
+    ));
+    let other_token = Arc::new(Credentials::new(
+        "AKID",
+        "one",
+        Some("new".into()),
+        None,
+        "t",
+    ));
+    let key = kept_key(&first);
+    assert!(
+        Arc::ptr_eq(&key, &kept_key(&again)),
+        "equal credentials share the key"
+    );
+    assert!(
+        !Arc::ptr_eq(&key, &kept_key(&other_token)),
+        "a new token makes a new key"
+    );
+    let Ok(signed) = signer.sign(&other_token, &payload, now) else {
+        panic!("did not sign");
+    };
+    assert_eq!(
+        signed.token.as_ref().map(|t| t.as_bytes()),
+        Some(&b"new"[..])
+    );
+}
+
+#[test]
 fn a_path_or_a_query_goes_to_the_general_signer() {
     for url in ["http://proxy.local/sqs/", "http://proxy.local/?a=b"] {
         let Ok(url) = reqwest::Url::parse(url) else {
