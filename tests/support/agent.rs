@@ -43,51 +43,42 @@ impl Agent {
             rules,
             |dir| kube.write_kubeconfig(dir, NAMESPACE),
             extra_args,
+            None,
         )
     }
 
     /// [`Agent::start`] against a [`Cluster`], in the cluster's namespace.
     pub fn start_in(rules: &str, cluster: &Cluster, extra_args: &[&str]) -> Agent {
         let kubeconfig = |dir: &Path| cluster.write_kubeconfig(dir, cluster.namespace());
-        Self::start_rules(rules, kubeconfig, extra_args)
+        Self::start_rules(rules, kubeconfig, extra_args, None)
+    }
+
+    /// [`Agent::start_in`] with `HTTP_PROXY` set to `proxy` and no `NO_PROXY`, as a pod behind an
+    /// egress proxy runs. The API server is unaffected: kube reads only `HTTPS_PROXY`.
+    pub fn start_in_behind_proxy(rules: &str, cluster: &Cluster, proxy: &str) -> Agent {
+        let kubeconfig = |dir: &Path| cluster.write_kubeconfig(dir, cluster.namespace());
+        Self::start_rules(rules, kubeconfig, &[], Some(proxy))
     }
 
     fn start_rules(
         rules: &str,
         kubeconfig: impl FnOnce(&Path) -> PathBuf,
         extra_args: &[&str],
+        proxy: Option<&str>,
     ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules_path = dir.path().join("rules.toml");
         std::fs::write(&rules_path, rules).expect("write rules");
         let kubeconfig = kubeconfig(dir.path());
-        Self::start_with(dir, &rules_path, &kubeconfig, extra_args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
+        cmd.arg("run").arg("--config").arg(&rules_path);
+        Self::spawn(cmd, dir, &kubeconfig, extra_args, proxy)
     }
 
     pub fn start_with(dir: TempDir, rules: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
         cmd.arg("run").arg("--config").arg(rules);
-        Self::spawn(cmd, dir, kubeconfig, extra)
-    }
-
-    /// [`Agent::start_in`] with `HTTP_PROXY` set to `proxy` and no `NO_PROXY`, as a pod behind an
-    /// egress proxy runs. The API server is unaffected: kube reads only `HTTPS_PROXY`, which
-    /// is removed.
-    pub fn start_in_behind_proxy(rules: &str, cluster: &Cluster, proxy: &str) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rules_path = dir.path().join("rules.toml");
-        std::fs::write(&rules_path, rules).expect("write rules");
-        let kubeconfig = cluster.write_kubeconfig(dir.path(), cluster.namespace());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&rules_path)
-            .env("HTTP_PROXY", proxy)
-            .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("NO_PROXY")
-            .env_remove("no_proxy");
-        Self::spawn(cmd, dir, &kubeconfig, &[])
+        Self::spawn(cmd, dir, kubeconfig, extra, None)
     }
 
     /// Starts `qscale run` with the rules in a ConfigMap (`--config-map NAME/KEY`).
@@ -114,10 +105,17 @@ impl Agent {
         let kubeconfig = kubeconfig(dir.path());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qscale"));
         cmd.arg("run").arg("--config-map").arg(config_map);
-        Self::spawn(cmd, dir, &kubeconfig, extra)
+        Self::spawn(cmd, dir, &kubeconfig, extra, None)
     }
 
-    fn spawn(mut cmd: Command, dir: TempDir, kubeconfig: &Path, extra: &[&str]) -> Agent {
+    /// Runs `cmd` with the test environment; `proxy`, if any, as its only HTTP proxy.
+    fn spawn(
+        mut cmd: Command,
+        dir: TempDir,
+        kubeconfig: &Path,
+        extra: &[&str],
+        proxy: Option<&str>,
+    ) -> Agent {
         let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let admin_port = super::moto::free_port();
@@ -134,22 +132,21 @@ impl Agent {
         aws_env(&mut cmd);
         // Tests reach only 127.0.0.1: a proxy of the outer environment must not carry the
         // agent's calls anywhere else (kube reads HTTPS_PROXY, the SQS client all of them; a
-        // real cluster behind a proxy takes `proxy-url` in its kubeconfig). The proxy test
-        // sets its own.
-        let own_proxy = cmd
-            .get_envs()
-            .any(|(name, value)| name == "HTTP_PROXY" && value.is_some());
-        if !own_proxy {
-            for name in [
-                "HTTP_PROXY",
-                "http_proxy",
-                "HTTPS_PROXY",
-                "https_proxy",
-                "ALL_PROXY",
-                "all_proxy",
-            ] {
-                cmd.env_remove(name);
-            }
+        // real cluster behind a proxy takes `proxy-url` in its kubeconfig).
+        for name in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env_remove(name);
+        }
+        if let Some(proxy) = proxy {
+            cmd.env("HTTP_PROXY", proxy)
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy");
         }
         let child = cmd.spawn().expect("spawn qscale");
         Agent {

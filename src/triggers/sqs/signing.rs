@@ -104,6 +104,8 @@ struct DayKey {
     /// The `authorization` header up to the signature itself.
     authorization: String,
     token: Option<HeaderValue>,
+    /// [`SIGNED_HEADERS`], or [`SIGNED_HEADERS_WITH_TOKEN`] with a token.
+    signed_headers: &'static str,
 }
 
 /// One second's `x-amz-date`.
@@ -145,11 +147,6 @@ impl FixedSigner {
         now: SystemTime,
     ) -> Result<Signed, TriggerError> {
         let (key, stamp) = self.kept(credentials, now)?;
-        let signed_headers = if key.token.is_some() {
-            SIGNED_HEADERS_WITH_TOKEN
-        } else {
-            SIGNED_HEADERS
-        };
 
         let mut canonical = Sha256::new();
         canonical.update(b"POST\n/\n\n");
@@ -168,7 +165,7 @@ impl FixedSigner {
         header(FIXED_HEADERS[1].0, FIXED_HEADERS[1].1.as_bytes());
         header(FIXED_HEADERS[2].0, FIXED_HEADERS[2].1.as_bytes());
         canonical.update(b"\n");
-        canonical.update(signed_headers.as_bytes());
+        canonical.update(key.signed_headers.as_bytes());
         canonical.update(b"\n");
         canonical.update(payload.sha256);
         let mut canonical_hex = [0; 64];
@@ -210,7 +207,11 @@ impl FixedSigner {
             .kept
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // Before 1970 there is no `x-amz-date` to write (and the formatter would panic).
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| invalid("x-amz-date"))?
+            .as_secs();
         let stamp = match &kept.stamp {
             Some(stamp) if stamp.second == second => stamp.clone(),
             _ => {
@@ -274,6 +275,7 @@ impl FixedSigner {
             scope,
             authorization,
             token,
+            signed_headers,
         })
     }
 }

@@ -93,14 +93,31 @@ fn signatures_match_aws_sigv4_with_and_without_a_session_token() {
     }
 }
 
-#[test]
-fn the_key_follows_the_day_and_the_secret() {
+/// A signer for the regional endpoint of us-east-1.
+fn us_east_1() -> FixedSigner {
     let Ok(url) = reqwest::Url::parse("https://sqs.us-east-1.amazonaws.com") else {
         panic!("url");
     };
     let Some(signer) = FixedSigner::for_url(&url, "us-east-1") else {
         panic!("signer");
     };
+    signer
+}
+
+/// Session credentials with `token`, in an `Arc` of their own.
+fn session(token: &str) -> Arc<Credentials> {
+    Arc::new(Credentials::new(
+        "AKID",
+        "one",
+        Some(token.into()),
+        None,
+        "t",
+    ))
+}
+
+#[test]
+fn the_key_follows_the_day_and_the_secret() {
+    let signer = us_east_1();
     let payload = Payload::new("{}".into());
     let day = UNIX_EPOCH + Duration::from_secs(1_796_219_400);
     let first = Arc::new(Credentials::new("AKID", "one", None, None, "t"));
@@ -127,12 +144,7 @@ fn the_key_follows_the_day_and_the_secret() {
 
 #[test]
 fn credentials_fetched_again_unchanged_keep_the_key() {
-    let Ok(url) = reqwest::Url::parse("https://sqs.us-east-1.amazonaws.com") else {
-        panic!("url");
-    };
-    let Some(signer) = FixedSigner::for_url(&url, "us-east-1") else {
-        panic!("signer");
-    };
+    let signer = us_east_1();
     let payload = Payload::new("{}".into());
     let now = UNIX_EPOCH + Duration::from_secs(1_796_219_400);
     let kept_key = |credentials: &Arc<Credentials>| {
@@ -141,27 +153,9 @@ fn credentials_fetched_again_unchanged_keep_the_key() {
         };
         key
     };
-    let first = Arc::new(Credentials::new(
-        "AKID",
-        "one",
-        Some("tok".into()),
-        None,
-        "t",
-    ));
-    let again = Arc::new(Credentials::new(
-        "AKID",
-        "one",
-        Some("tok".into()),
-        None,
-        "t",
-    ));
-    let other_token = Arc::new(Credentials::new(
-        "AKID",
-        "one",
-        Some("new".into()),
-        None,
-        "t",
-    ));
+    let first = session("tok");
+    let again = session("tok");
+    let other_token = session("new");
     let key = kept_key(&first);
     assert!(
         Arc::ptr_eq(&key, &kept_key(&again)),
