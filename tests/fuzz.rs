@@ -880,6 +880,7 @@ fn check_decisions(rule: &qscale::config::Rule) -> Result<(), String> {
                     current_replicas: current,
                     paused: false,
                     paused_replicas: None,
+                    ready_replicas: None,
                 };
                 let now = start.plus(Duration::from_secs(step * 3600));
                 let decision = policy::decide(rule, &samples, &state, &memory, now);

@@ -65,6 +65,10 @@ pub struct TargetState {
     pub paused: bool,
     /// `qscale.io/paused-replicas: "N"` on the target: hold at N.
     pub paused_replicas: Option<u32>,
+    /// Replicas that are ready (`status.readyReplicas`), when the target's kind reports them:
+    /// the capacity serving now, as opposed to `current_replicas`, which includes pods still
+    /// starting. `None` when unknown (a custom kind without the field).
+    pub ready_replicas: Option<u32>,
 }
 
 /// Why the desired replicas are what they are; shown in logs and Events.

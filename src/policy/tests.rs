@@ -314,6 +314,7 @@ fn paused_targets_are_left_alone() {
         current_replicas: 3,
         paused: true,
         paused_replicas: None,
+        ready_replicas: None,
     };
     let d = decide(&r, &[Sample::Value(100.0)], &paused, &settled(), at(3600));
     assert_eq!((d.desired_replicas, d.reason), (3, Reason::Paused));
@@ -323,6 +324,7 @@ fn paused_targets_are_left_alone() {
         current_replicas: 3,
         paused: false,
         paused_replicas: Some(1),
+        ready_replicas: None,
     };
     let d = decide(&r, &[Sample::Value(100.0)], &held, &settled(), at(3600));
     assert_eq!((d.desired_replicas, d.reason), (1, Reason::Paused));

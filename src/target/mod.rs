@@ -109,6 +109,7 @@ impl Targets {
             current_replicas: replicas,
             paused: object.paused,
             paused_replicas: object.paused_replicas,
+            ready_replicas: None,
         };
         Ok(Observation {
             state,
@@ -171,6 +172,7 @@ impl Targets {
             current_replicas: u32::try_from(replicas).unwrap_or(0),
             paused,
             paused_replicas,
+            ready_replicas: None,
         })
     }
 
